@@ -1,0 +1,46 @@
+# userllm: every target installs what it needs into .venv on first use.
+#   make pipeline          prepare -> pretrain -> finetune on the defaults (MovieLens-100K, SmolLM2-135M)
+#   make test              the test suite
+# Pass Hydra overrides with ARGS="...", an experiment with EXP=<name>, a dataset with DATA=<name>.
+
+PYTHON_BOOT ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+TORCH_VERSION := 2.13.0
+
+DATA ?= movielens_100k
+EXP ?=
+ARGS ?=
+OVERRIDES := data=$(DATA) $(if $(EXP),experiment=$(EXP)) $(ARGS)
+PYTEST_ARGS ?=
+
+.PHONY: install data pretrain embed test test-fast clean-venv
+
+install: $(STAMP)
+
+# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+data: $(STAMP)
+	$(PY) pipelines/prepare.py $(OVERRIDES)
+
+pretrain: $(STAMP)
+	$(PY) pipelines/pretrain.py $(OVERRIDES)
+
+embed: $(STAMP)
+	$(PY) pipelines/embed.py $(OVERRIDES)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

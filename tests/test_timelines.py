@@ -1,0 +1,91 @@
+"""Timelines: order, ties, duplicates, the protocol filter, vocabularies, the split, caching."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from userllm.data.issues import InputIssues
+from userllm.data.timelines import UNKNOWN, Protocol, fingerprint, is_current, prepare
+from tests.conftest import make_events
+
+
+def user_items(timelines, user_id: str) -> list[str]:
+    """The item ids of one user's timeline, in stored order."""
+    user = timelines.users.filter(timelines.users["user_id"] == user_id)["user"].item()
+    ids = timelines.features["item"][timelines.offsets[user] : timelines.offsets[user + 1]]
+    lookup = dict(zip(timelines.items["item"].to_list(), timelines.items["item_id"].to_list()))
+    return [lookup[i] for i in ids]
+
+
+def test_events_sorted_by_time_with_ties_in_file_order(build_timelines):
+    rows = [("u", "c", 30, 4.0), ("u", "a", 10, 3.0), ("u", "b", 20, 5.0), ("u", "d", 20, 1.0)]
+    timelines = build_timelines(rows)
+    assert user_items(timelines, "u") == ["a", "b", "d", "c"]  # b and d tie at 20: file order
+    assert np.all(np.diff(timelines.timestamps) >= 0)
+
+
+def test_exact_duplicates_removed_and_counted(build_timelines):
+    rows = [("u", "a", 1, 3.0), ("u", "b", 2, 3.0), ("u", "a", 1, 3.0), ("u", "a", 1, 5.0), ("u", "c", 3, 1.0)]
+    timelines = build_timelines(rows)
+    assert user_items(timelines, "u") == ["a", "a", "b", "c"]  # same item, other rating: kept
+    assert timelines.meta["dropped"]["exact duplicate event"] == 1
+
+
+def test_min_events_filter_drops_short_users(build_timelines):
+    rows = [("long", i, i, 4.0) for i in range(5)] + [("short", 9, 1, 2.0), ("short", 8, 2, 2.0)]
+    timelines = build_timelines(rows, min_events=3)
+    assert timelines.users["user_id"].to_list() == ["long"]
+    assert timelines.meta["dropped"]["user with fewer than 3 events"] == 2
+    assert timelines.meta["dropped_users"] == 1
+    assert timelines.meta["users"] == 1 and timelines.meta["events"] == 5
+
+
+def test_protocol_rejects_too_few_events():
+    with pytest.raises(ValueError, match="min_events"):
+        Protocol(min_events=2)
+
+
+def test_vocabularies_reserve_padding_and_unknown(build_timelines):
+    rows = [
+        ("u", "pop", 1, 4.0, ["Comedy"]),
+        ("v", "pop", 1, None, ["Comedy"]),
+        ("u", "rare", 2, 2.0, []),
+        ("u", "x", 3, 4.0, ["Drama", "Comedy"]),
+        ("v", "y", 2, 5.0, ["Drama"]),
+        ("v", "z", 3, 5.0, ["Drama"]),
+    ]
+    timelines = build_timelines(rows)
+    items = dict(zip(timelines.items["item_id"], timelines.items["item"]))
+    assert items["pop"] == 2  # most frequent item gets the first real id
+    assert timelines.vocab["rating"] == ["2", "4", "5"]
+    assert timelines.vocab_size("rating") == 5 and timelines.vocab_size("item") == 7
+    assert set(timelines.vocab["category"]) == {"Comedy", "Drama"}
+    assert UNKNOWN in timelines.features["rating"]  # the null rating
+    rare = timelines.items.filter(timelines.items["item_id"] == "rare")
+    assert rare["category"].item() == UNKNOWN  # no categories
+
+
+def test_prepare_is_atomic_and_fingerprinted(tmp_path):
+    out = tmp_path / "processed" / "ds"
+    prepare(make_events([("u", i, i, 1.0) for i in range(4)]), out, Protocol(3), InputIssues(), "abc")
+    assert is_current(out, "abc") and not is_current(out, "other")
+    assert not list(out.parent.glob(".ds*")), "no temp folder left behind"
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["fingerprint"] == "abc" and meta["events"] == 4
+
+
+def test_fingerprint_changes_with_config_and_files(tmp_path):
+    raw = {"a.csv": {"bytes": 1, "mtime_ns": 1}}
+    assert fingerprint({"min_events": 3}, raw) == fingerprint({"min_events": 3}, raw)
+    assert fingerprint({"min_events": 3}, raw) != fingerprint({"min_events": 4}, raw)
+    assert fingerprint({"min_events": 3}, raw) != fingerprint({"min_events": 3}, {"a.csv": {"bytes": 2, "mtime_ns": 1}})
+
+
+def test_training_item_counts_hold_out_last_two(build_timelines):
+    timelines = build_timelines([("u", "a", 1, 1.0), ("u", "a", 2, 2.0), ("u", "b", 3, 1.0), ("u", "c", 4, 1.0)])
+    counts = timelines.training_item_counts()
+    items = dict(zip(timelines.items["item_id"], timelines.items["item"]))
+    assert counts[items["a"]] == 2 and counts[items["b"]] == 0 and counts[items["c"]] == 0

@@ -1,0 +1,1 @@
+"""Raw interaction logs to timelines: readers, fetch, timelines, the DataModule."""

@@ -1,0 +1,276 @@
+"""Canonical events to per-user timelines: vocabularies, stable time order, protocol filter, split.
+
+The output is a folder of parquet tables plus `meta.json`, written once and read by every later
+stage. Users and their events are stored contiguously and sorted by time, so a user's timeline is a
+slice `[offset, offset + n_events)` of the event arrays: the last event is the test target, the one
+before it the validation target, and everything earlier is training data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from userllm.data.issues import InputIssues
+from userllm.data.schema import SOURCE_LINE
+
+log = logging.getLogger(__name__)
+
+PAD, UNKNOWN = 0, 1  # reserved ids in every feature vocabulary; real values start at 2
+FEATURES = ("item", "rating", "category")  # the categorical event features the encoder can read
+META_FILE = "meta.json"
+FORMAT_VERSION = 1  # bump when the artifact layout changes, so old folders are rebuilt
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The choices that shape the artifacts: changing any of them rebuilds the folder."""
+
+    min_events: int = 5  # users with fewer events are dropped (needs >= 3: train, val, test)
+
+    def __post_init__(self) -> None:
+        if self.min_events < 3:
+            raise ValueError(
+                f"data.min_events={self.min_events}: must be at least 3 (one training, one "
+                "validation and one test event per user)"
+            )
+
+
+def fingerprint_files(raw_dir: Path) -> dict[str, dict]:
+    """Name, size and modification time of every raw file: cheap, and changes when a file does."""
+    files = sorted(p for p in raw_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    return {p.name: {"bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in files}
+
+
+def fingerprint(config: dict, raw_files: dict[str, dict]) -> str:
+    """One hash over the config and the raw files: equal hashes mean the artifacts can be reused."""
+    payload = json.dumps({"version": FORMAT_VERSION, "config": config, "raw": raw_files}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Timelines:
+    """Prepared timelines in memory: event feature arrays plus user and item tables.
+
+    `features[name][i]` is the id of feature `name` for event `i`; events are grouped by user in
+    `users` order and sorted by time (ties keep the raw file order).
+    """
+
+    features: dict[str, np.ndarray]
+    timestamps: np.ndarray
+    offsets: np.ndarray  # user u's events are [offsets[u], offsets[u + 1])
+    users: pl.DataFrame  # user (index), user_id
+    items: pl.DataFrame  # item (id), item_id, title, categories, count
+    vocab: dict[str, list[str]]  # rating and category values in id order, starting at id 2
+    meta: dict = field(default_factory=dict)
+    reviews: pl.DataFrame | None = None  # review_title, review_text per event, where the source has them
+    folder: Path | None = None  # where the artifacts were loaded from
+
+    @property
+    def num_users(self) -> int:
+        return len(self.offsets) - 1
+
+    def training_item_counts(self) -> np.ndarray:
+        """Events per item id over the training part of every timeline (the last two held out)."""
+        held_out = np.concatenate([self.offsets[1:] - 1, self.offsets[1:] - 2])
+        train = np.ones(len(self.timestamps), dtype=bool)
+        train[held_out] = False
+        return np.bincount(self.features["item"][train], minlength=self.vocab_size("item"))
+
+    def vocab_size(self, feature: str) -> int:
+        """Size of a feature's id space, padding and unknown included."""
+        return int(self.meta["vocab_sizes"][feature])
+
+    @classmethod
+    def load(cls, folder: Path) -> "Timelines":
+        """Read a prepared folder (see `build`); fails clearly if it is missing or incomplete."""
+        meta_path = folder / META_FILE
+        if not meta_path.exists():
+            raise FileNotFoundError(
+                f"{meta_path} not found: prepare the data first (`make data` or "
+                "`python pipelines/prepare.py data=<name>`)"
+            )
+        meta = json.loads(meta_path.read_text())
+        events = pl.read_parquet(folder / "events.parquet")
+        users = pl.read_parquet(folder / "users.parquet")
+        counts = users["n_events"].to_numpy().astype(np.int64)
+        reviews_path = folder / "reviews.parquet"
+        return cls(
+            features={name: events[name].to_numpy() for name in FEATURES},
+            timestamps=events["timestamp"].to_numpy(),
+            offsets=np.concatenate([[0], np.cumsum(counts)]),
+            users=users.select("user", "user_id"),
+            items=pl.read_parquet(folder / "items.parquet"),
+            vocab=meta["vocab"],
+            meta=meta,
+            reviews=pl.read_parquet(reviews_path) if reviews_path.exists() else None,
+            folder=folder,
+        )
+
+
+def build(events: pl.LazyFrame, protocol: Protocol, issues: InputIssues) -> dict[str, pl.DataFrame | dict]:
+    """Turn canonical events into the artifact tables and the statistics for `meta.json`.
+
+    Steps, in order: drop exact duplicate events (first one in file order kept), drop users with
+    fewer than `protocol.min_events` events, sort each user's events by time (stable on ties), and
+    map every feature to integer ids (0 padding, 1 unknown; items by descending frequency).
+    """
+    names = events.collect_schema().names()
+    if SOURCE_LINE not in names:
+        events = events.with_row_index(SOURCE_LINE, offset=1)
+    frame = events.collect(engine="streaming")
+    rows_in = frame.height
+
+    duplicate = ~pl.struct("user_id", "item_id", "timestamp", "rating").is_first_distinct()
+    frame = frame.with_columns(duplicate.alias("_duplicate"))
+    duplicates = frame["_duplicate"].sum()
+    frame = frame.filter(~pl.col("_duplicate")).drop("_duplicate")
+
+    user_counts = frame.group_by("user_id").len()
+    short_users = user_counts.filter(pl.col("len") < protocol.min_events)
+    frame = frame.join(short_users.select("user_id"), on="user_id", how="anti")
+    if frame.height == 0:
+        raise ValueError(
+            f"no events left after filtering: {rows_in} rows read, {duplicates} duplicates, "
+            f"{short_users.height} users with fewer than data.min_events={protocol.min_events} events"
+        )
+
+    frame = frame.sort("user_id", "timestamp", SOURCE_LINE)
+    items = _item_table(frame)
+    categories = _category_vocab(items)
+    ratings = frame["rating"].drop_nulls().unique().sort()
+    items = items.with_columns(
+        category=pl.col("categories").list.first().replace_strict(
+            categories, list(range(2, len(categories) + 2)), default=UNKNOWN, return_dtype=pl.Int32
+        )
+    )
+    encoded = (
+        frame.join(items.select("item_id", "item", "category"), on="item_id", how="left", maintain_order="left")
+        .with_columns(
+            rating=pl.col("rating").replace_strict(
+                ratings, list(range(2, len(ratings) + 2)), default=UNKNOWN, return_dtype=pl.Int32
+            )
+        )
+    )
+    users = (
+        encoded.group_by("user_id", maintain_order=True)
+        .len("n_events")
+        .with_row_index("user")
+        .with_columns(pl.col("user").cast(pl.Int32), pl.col("n_events").cast(pl.Int32))
+    )
+    encoded = encoded.join(users.select("user_id", "user"), on="user_id", maintain_order="left")
+    tables: dict[str, pl.DataFrame | dict] = {
+        "events": encoded.select("user", *FEATURES, "timestamp"),
+        "users": users,
+        "items": items.select("item", "item_id", "title", "categories", "category", "count"),
+    }
+    if frame.select(pl.col("review_text").is_not_null().any() | pl.col("review_title").is_not_null().any()).item():
+        tables["reviews"] = encoded.select("review_title", "review_text")
+
+    stats = {
+        "rows_in": rows_in,
+        "users": users.height,
+        "items": items.height,
+        "events": encoded.height,
+        "dropped": {
+            **issues.summary()["counts"],
+            "exact duplicate event": int(duplicates),
+            f"user with fewer than {protocol.min_events} events": int(short_users["len"].sum()),
+        },
+        "dropped_users": short_users.height,
+        "bad_row_examples": issues.summary()["examples"],
+        "vocab": {"rating": [_rating_label(r) for r in ratings.to_list()], "category": categories},
+        "vocab_sizes": {
+            "item": items.height + 2,
+            "rating": len(ratings) + 2,
+            "category": len(categories) + 2,
+        },
+    }
+    tables["stats"] = stats
+    return tables
+
+
+def _item_table(frame: pl.DataFrame) -> pl.DataFrame:
+    """One row per item with its title, categories and event count; ids by descending popularity."""
+    return (
+        frame.group_by("item_id")
+        .agg(
+            pl.len().alias("count"),
+            pl.col("title").drop_nulls().first(),
+            pl.col("categories").drop_nulls().first(),
+        )
+        .sort(["count", "item_id"], descending=[True, False])
+        .with_row_index("item", offset=2)
+        .with_columns(pl.col("item").cast(pl.Int32), pl.col("categories").fill_null([]))
+    )
+
+
+def _category_vocab(items: pl.DataFrame) -> list[str]:
+    """Category names by descending number of events, then name: frequent ones get small ids."""
+    exploded = items.select("categories", "count").explode("categories").drop_nulls("categories")
+    totals = exploded.group_by("categories").agg(pl.col("count").sum())
+    return totals.sort(["count", "categories"], descending=[True, False])["categories"].to_list()
+
+
+def _rating_label(value: float) -> str:
+    return f"{value:g}"
+
+
+def prepare(
+    events: pl.LazyFrame,
+    out_dir: Path,
+    protocol: Protocol,
+    issues: InputIssues,
+    config_fingerprint: str,
+    extra_meta: dict | None = None,
+) -> Path:
+    """Build the timelines and write them to `out_dir` atomically (temp folder, then rename)."""
+    start = time.perf_counter()
+    tables = build(events, protocol, issues)
+    stats = tables.pop("stats")
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, table in tables.items():
+        table.write_parquet(tmp / f"{name}.parquet")
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": config_fingerprint,
+        "protocol": {"min_events": protocol.min_events, "split": "last event test, second to last validation"},
+        **stats,
+        **(extra_meta or {}),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+    _replace_dir(tmp, out_dir)
+    return out_dir
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Swap `new` into `target`'s place; the old folder is renamed away first, then removed."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def is_current(out_dir: Path, config_fingerprint: str) -> bool:
+    """True if `out_dir` holds complete artifacts built from the same config and raw files."""
+    meta_path = out_dir / META_FILE
+    if not meta_path.exists():
+        return False
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError:
+        return False
+    return meta.get("fingerprint") == config_fingerprint and meta.get("format_version") == FORMAT_VERSION
