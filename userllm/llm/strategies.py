@@ -25,7 +25,7 @@ STRATEGIES = ("full", "lora", "enc", "proj")
 def apply_strategy(
     name: str,
     llm: nn.Module,
-    encoder: nn.Module,
+    encoder: nn.Module | None,
     new_modules: Sequence[nn.Module],
     lora: Mapping[str, Any] | None = None,
 ) -> nn.Module:
@@ -43,7 +43,8 @@ def apply_strategy(
         llm = get_peft_model(llm, lora_config(llm, new_modules, lora))
     else:
         llm.requires_grad_(name == "full")
-    encoder.requires_grad_(name != "proj")
+    if encoder is not None:  # the text-prompt baseline has none
+        encoder.requires_grad_(name != "proj")
     for module in new_modules:
         module.requires_grad_(True)
     return llm
