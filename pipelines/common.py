@@ -7,9 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
-import lightning as L
-import torch
-from hydra.utils import instantiate
+from typing import TYPE_CHECKING
+
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -20,6 +19,9 @@ os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed; 
 
 from userllm.data.prepare import DatasetSpec, prepare_dataset  # noqa: E402
 from userllm.io import write_json  # noqa: E402
+
+if TYPE_CHECKING:
+    import lightning as L
 
 log = logging.getLogger("userllm")
 
@@ -48,6 +50,8 @@ def ensure_data(cfg: DictConfig) -> Path:
 def set_threads(threads: int | None) -> None:
     """Pin torch's intra-op threads: oversubscribing 2 cores makes every step several times slower."""
     if threads:
+        import torch  # here, not at the top: `make data` should not pay for importing torch
+
         torch.set_num_threads(int(threads))
 
 
@@ -66,10 +70,15 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return None
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
+def build_trainer(cfg: DictConfig) -> "L.Trainer":
     """The Lightning Trainer with the configured callbacks and loggers (W&B gets the full config)."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    if not loggers:  # nothing to report learning rates to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

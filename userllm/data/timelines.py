@@ -237,22 +237,32 @@ def prepare(
     start = time.perf_counter()
     tables = build(events, protocol, issues)
     stats = tables.pop("stats")
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, table in tables.items():
-        table.write_parquet(tmp / f"{name}.parquet")
     meta = {
         "format_version": FORMAT_VERSION,
         "fingerprint": config_fingerprint,
         "protocol": {"min_events": protocol.min_events, "split": "last event test, second to last validation"},
         **stats,
         **(extra_meta or {}),
-        "seconds": round(time.perf_counter() - start, 2),
+        "build_seconds": round(time.perf_counter() - start, 2),
     }
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-    _replace_dir(tmp, out_dir)
+    _remove_leftovers(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    try:
+        for name, table in tables.items():
+            table.write_parquet(tmp / f"{name}.parquet")
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))  # last: no meta.json, no trust
+        _replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Temp and old folders of earlier runs that were killed before they could clean up."""
+    if out_dir.parent.exists():
+        for stale in out_dir.parent.glob(f".{out_dir.name}.*-*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _replace_dir(new: Path, target: Path) -> None:
