@@ -15,7 +15,9 @@ ARGS ?=
 OVERRIDES := data=$(DATA) $(if $(EXP),experiment=$(EXP)) $(ARGS)
 PYTEST_ARGS ?=
 
-.PHONY: install data pretrain embed test test-fast clean-venv
+ENCODER := outputs/$(DATA)/pretrain/encoder.safetensors
+
+.PHONY: install data pretrain embed finetune finetune-tp pipeline test test-fast clean-venv
 
 install: $(STAMP)
 
@@ -35,6 +37,20 @@ pretrain: $(STAMP)
 
 embed: $(STAMP)
 	$(PY) pipelines/embed.py $(OVERRIDES)
+
+# Stage 2 reads the stage-1 encoder; pretrain first if there is none yet.
+finetune: $(STAMP)
+	test -f $(ENCODER) || $(MAKE) pretrain DATA=$(DATA) EXP=$(EXP)
+	$(PY) pipelines/finetune.py $(OVERRIDES)
+
+# The text-prompt baseline on the same task and budget.
+finetune-tp: $(STAMP)
+	$(PY) pipelines/finetune.py integration=text_prompt $(OVERRIDES)
+
+# prepare -> pretrain (if no encoder yet) -> finetune, each reusing what the earlier ones produced.
+pipeline: $(STAMP)
+	$(MAKE) data DATA=$(DATA) EXP=$(EXP)
+	$(MAKE) finetune DATA=$(DATA) EXP=$(EXP) ARGS="$(ARGS)"
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import lightning as L
 import pytest
 import torch
 
+from tests.conftest import run_pipeline
 from tests.tiny_models import byte_level_tokenizer, tiny_llm
 from userllm.data.collate import PromptCollator
 from userllm.data.datamodule import TimelineDataModule
@@ -186,3 +188,19 @@ def test_checkpoint_holds_only_trainable_parameters(timelines, tokenizer, tmp_pa
 def test_unknown_integration_is_rejected(timelines, tokenizer):
     with pytest.raises(ValueError, match="unknown integration"):
         make_model(timelines, tokenizer, "adapter", "enc")
+
+
+@pytest.mark.slow
+def test_finetune_pipeline_on_real_smollm2(ml100k_processed, tmp_path):
+    """The real LLM end to end: load (converted once), train a few steps, constrained generation."""
+    result = run_pipeline(
+        "finetune", "logger=csv", f"paths.output_dir={tmp_path}", "encoder.init=random",
+        "trainer.max_steps=3", "trainer.limit_val_batches=0", "max_eval_users=8", "eval_batch_size=8",
+        "batch_size=4", timeout=900,
+    )
+    metrics = json.loads((tmp_path / "movielens_100k" / "finetune" / "favorite_genre" / "cross_attention" / "metrics.json").read_text())
+    assert 0.0 <= metrics["test/accuracy"] <= 1.0 and "test/majority_accuracy" in metrics
+    generations = [json.loads(line) for line in next(tmp_path.glob("movielens_100k/runs/finetune/*/generations.jsonl")).open()]
+    genres = set(json.loads((ml100k_processed / "meta.json").read_text())["vocab"]["category"])
+    assert generations and all(row["output"] in genres for row in generations)
+    assert "trainable parameters" in result.stderr + result.stdout

@@ -184,7 +184,7 @@ def test_amazon_2018(tmp_path, reviews, meta):
     events = read("amazon_2018", tmp_path)
     assert events.schema == canonical_schema()
     assert events.rows() == [
-        ("A1", "0000143561", T0, 4.0, "Everyday Italian", ["Movies & TV", "Movies"], "summary A1", "text A1", 1),
+        ("A1", "0000143561", T0, 4.0, "Everyday Italian", ["Movies"], "summary A1", "text A1", 1),
         ("A2", "B0001", T0 + 9, 4.0, "Alien", [], "summary A2", "text A2", 2),
     ]
 
