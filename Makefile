@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 
 ENCODER := outputs/$(DATA)/pretrain/encoder.safetensors
 
-.PHONY: install data pretrain embed finetune finetune-tp pipeline test test-fast clean-venv
+.PHONY: install data pretrain embed finetune finetune-tp pipeline sweep test test-fast clean-venv
 
 install: $(STAMP)
 
@@ -51,6 +51,17 @@ finetune-tp: $(STAMP)
 pipeline: $(STAMP)
 	$(MAKE) data DATA=$(DATA) EXP=$(EXP)
 	$(MAKE) finetune DATA=$(DATA) EXP=$(EXP) ARGS="$(ARGS)"
+
+# The paper's ablations on the finetune stage (conf/hparams_search/paper_ablations.yaml): history
+# length 50/100/200 x cross-attention/soft prompt x Perceiver on/off, 12 jobs of 100 steps each.
+# One encoder pretrained on 200-event windows serves every history length. The table of all jobs:
+# outputs/<dataset>/multirun/finetune/<time>/summary.md (and .csv).
+SWEEP_ENCODER := outputs/$(DATA)/pretrain_history200
+
+sweep: $(STAMP)
+	test -f $(SWEEP_ENCODER)/encoder.safetensors || $(PY) pipelines/pretrain.py data=$(DATA) \
+		$(if $(EXP),experiment=$(EXP)) data.history_len=200 result_dir=$(SWEEP_ENCODER)
+	$(PY) pipelines/finetune.py hparams_search=paper_ablations $(OVERRIDES)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

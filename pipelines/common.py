@@ -1,14 +1,18 @@
-"""What every entry point does the same way: find the repo, read the data config, report results."""
+"""What every entry point does the same way: find the repo, resolve paths, read data, log, report."""
 
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from typing import TYPE_CHECKING
-
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -22,8 +26,33 @@ from userllm.io import write_json  # noqa: E402
 
 if TYPE_CHECKING:
     import lightning as L
+    from hydra.core.utils import JobReturn
+    from lightning.pytorch.loggers import Logger
 
 log = logging.getLogger("userllm")
+
+
+def job_dir_if_multirun(stable_dir: str) -> str:
+    """`${job_dir_if_multirun:<stable dir>}`: that path in a single run, the job's folder in a multirun.
+
+    A stage's result folder is a stable path that the next stage reads. Every job of a sweep
+    writing there would overwrite the others' checkpoints and results, so each job of a multirun
+    keeps them in its own folder, beside its metrics.json, where pipelines/collect.py finds them.
+    """
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return HydraConfig.get().runtime.output_dir
+    return stable_dir
+
+
+def first_nonempty(*values: Any) -> Any:
+    """`${first_nonempty:a,b}`: `a` unless it is null or empty, else `b` (e.g. a W&B run named by its
+    overrides, or by its stage when there are none)."""
+    return next((value for value in values if value not in (None, "")), None)
+
+
+# Registered on import: every entry point imports this module before Hydra composes its config.
+OmegaConf.register_new_resolver("job_dir_if_multirun", job_dir_if_multirun, replace=True)
+OmegaConf.register_new_resolver("first_nonempty", first_nonempty, replace=True)
 
 
 def dataset_spec(cfg: DictConfig) -> DatasetSpec:
@@ -70,18 +99,60 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return None
 
 
+def build_loggers(cfg: DictConfig) -> list["Logger"]:
+    """The configured loggers, each given the full resolved config (W&B shows it as the run's config)."""
+    from hydra.utils import instantiate
+
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return loggers
+
+
 def build_trainer(cfg: DictConfig) -> "L.Trainer":
-    """The Lightning Trainer with the configured callbacks and loggers (W&B gets the full config)."""
+    """The Lightning Trainer with the configured callbacks and loggers."""
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor
 
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    loggers = build_loggers(cfg)
     if not loggers:  # nothing to report learning rates to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def log_artifact(loggers: Iterable["Logger"], name: str, kind: str, files: Sequence[Path]) -> None:
+    """Upload `files` as one W&B artifact when a WandbLogger was asked to log models (`log_model`).
+
+    Lightning's `log_model` uploads only its training checkpoints; what a user of the results
+    needs is what the stages export: the encoder (weights + config) and the user embeddings.
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._log_model:  # Lightning keeps the flag private
+            import wandb
+
+            artifact = wandb.Artifact(name, type=kind)
+            for path in files:
+                artifact.add_file(str(path))
+            logger.experiment.log_artifact(artifact)
+            log.info("logged %s as W&B artifact %s (%s)", ", ".join(p.name for p in files), name, kind)
+
+
+class FinishWandbRun(Callback):
+    """Hydra callback: close the W&B run when a job ends (`hydra.callbacks` in conf/hydra/default.yaml).
+
+    Lightning's WandbLogger never does: the next job of a multirun, which runs in the same process,
+    would log into the previous job's run, and an offline run would lack its exit record.
+    """
+
+    def on_job_end(self, config: DictConfig, job_return: "JobReturn", **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        wandb = sys.modules.get("wandb")  # not imported: no logger used it, nothing to close
+        if wandb is not None and wandb.run is not None:
+            wandb.finish(exit_code=0 if job_return.status == JobStatus.COMPLETED else 1)
 
 
 def finish_stage(cfg: DictConfig, metrics: dict[str, float], stage_dir: Path, table_prefixes: tuple[str, ...]) -> None:

@@ -19,7 +19,7 @@ import polars as pl
 import torch
 from omegaconf import DictConfig
 
-from common import ensure_data, log, set_threads
+from common import build_loggers, ensure_data, log, log_artifact, set_threads
 from userllm.data.collate import pad_rows
 from userllm.data.timelines import Timelines
 from userllm.encoder.export import load_encoder
@@ -102,6 +102,7 @@ def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
 @hydra.main(config_path="../conf", config_name="embed", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     set_threads(cfg.threads)
+    loggers = build_loggers(cfg)
     timelines = Timelines.load(ensure_data(cfg))
     encoder = load_encoder(Path(cfg.encoder_dir)).to(cfg.embed.device).eval()
     check_compatible(encoder, timelines, cfg.data.history_len)
@@ -112,6 +113,7 @@ def main(cfg: DictConfig) -> None:
     out_file = Path(cfg.out_file)
     write_parquet_atomic(frame, out_file)
     log.info("wrote %d users x %d dims (columns %s) to %s", *last.shape, ", ".join(frame.columns), out_file)
+    log_artifact(loggers, f"user_embeddings-{cfg.data.name}", "embeddings", [out_file])
 
 
 if __name__ == "__main__":

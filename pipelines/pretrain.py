@@ -1,7 +1,8 @@
 """Stage 1: pretrain the user encoder. `python pipelines/pretrain.py [overrides]` / `make pretrain`.
 
 Build data, build model, train, test on the held-out last event of every user, export the encoder
-to `${paths.stage_dir}/pretrain/` where the finetune stage finds it.
+to `${result_dir}` (`${paths.stage_dir}/pretrain/`, where the finetune stage finds it; in a
+multirun, each job's own folder).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from common import (
     ensure_data,
     finish_stage,
     log,
+    log_artifact,
     resolve_ckpt_path,
     set_threads,
 )
 from userllm.data.collate import EncoderCollator
 from userllm.data.datamodule import TimelineDataModule
-from userllm.encoder.export import save_encoder
+from userllm.encoder.export import CONFIG, WEIGHTS, save_encoder
 from userllm.modules.pretrain import EncoderPretraining
 
 
@@ -86,9 +88,10 @@ def main(cfg: DictConfig) -> float:
     metrics = trainer.validate(model, datamodule, ckpt_path=best or None, weights_only=True)[0]
     metrics |= trainer.test(model, datamodule, ckpt_path=best or None, weights_only=True)[0]
     metrics["train/events_per_s"] = throughput
-    stage_dir = Path(cfg.paths.stage_dir) / "pretrain"
+    stage_dir = Path(cfg.result_dir)
     save_encoder(model.encoder, stage_dir)
     log.info("encoder written to %s", stage_dir)
+    log_artifact(trainer.loggers, f"encoder-{cfg.data.name}", "model", [stage_dir / WEIGHTS, stage_dir / CONFIG])
     finish_stage(cfg, metrics, stage_dir, table_prefixes=("test/", "train/events_per_s"))
     return metrics.get(cfg.optimized_metric, float("nan"))
 

@@ -69,7 +69,7 @@ class UserLLM(L.LightningModule):
             raise ValueError(f"unknown integration {integration!r}: expected one of {INTEGRATIONS}")
         if integration != "text_prompt" and encoder is None:
             raise ValueError(f"integration={integration} needs a user encoder")
-        self.save_hyperparameters(ignore=["llm", "tokenizer", "task", "encoder", "popularity"])
+        self.save_hyperparameters(ignore=["llm", "tokenizer", "task", "encoder", "popularity"], logger=False)
         self.strict_loading = False  # checkpoints hold only the trainable part
         self.tokenizer = tokenizer
         self.task = task

@@ -47,7 +47,7 @@ class EncoderPretraining(L.LightningModule):
         popularity: Tensor | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["popularity"])
+        self.save_hyperparameters(ignore=["popularity"], logger=False)  # loggers get the full Hydra config
         self.config = EncoderConfig(**encoder)
         unknown = set(loss_weights) - set(self.config.features)
         if unknown:
