@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 
 ENCODER := outputs/$(DATA)/pretrain/encoder.safetensors
 
-.PHONY: install data pretrain embed finetune finetune-tp pipeline sweep test test-fast clean-venv
+.PHONY: install data pretrain embed finetune finetune-tp pipeline sweep benchmark test test-fast clean-venv
 
 install: $(STAMP)
 
@@ -51,6 +51,10 @@ finetune-tp: $(STAMP)
 pipeline: $(STAMP)
 	$(MAKE) data DATA=$(DATA) EXP=$(EXP)
 	$(MAKE) finetune DATA=$(DATA) EXP=$(EXP) ARGS="$(ARGS)"
+
+# Inference cost of User-LLM against the text prompt at history 50/100/200 (FLOPs, tokens, latency).
+benchmark: $(STAMP)
+	$(PY) pipelines/benchmark.py $(OVERRIDES)
 
 # The paper's ablations on the finetune stage (conf/hparams_search/paper_ablations.yaml): history
 # length 50/100/200 x cross-attention/soft prompt x Perceiver on/off, 12 jobs of 100 steps each.

@@ -36,6 +36,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_CACHE_NAME = "ml20m_synth"
+GENERATOR_VERSION = 2  # bump when the generator changes, so that cached files are rebuilt
 
 # The published MovieLens-20M: 20,000,263 ratings by 138,493 users; movies.csv lists 27,278 movies.
 ML20M_ROWS, ML20M_USERS, ML20M_MOVIES, ML20M_MAX_MOVIE_ID = 20_000_263, 138_493, 27_278, 131_262
@@ -67,7 +68,7 @@ HEAVY_USER_SHARE = 1 / 50  # users rating more than this share of the catalogue 
 
 @dataclass(frozen=True)
 class Shape:
-    """What the synthetic dataset looks like; equal shapes give byte-identical files."""
+    """What the synthetic dataset looks like; equal shapes (and generator) give identical files."""
 
     rows: int
     users: int
@@ -93,18 +94,21 @@ def default_users(rows: int) -> int:
 
 def ensure_dataset(shape: Shape, folder: Path) -> Path:
     """Reuse `folder` if it holds this shape's files, else generate them into it atomically."""
-    spec = folder / "shape.json"
-    if spec.exists() and json.loads(spec.read_text()) == asdict(shape):
+    spec, expected = folder / "shape.json", {**asdict(shape), "generator": GENERATOR_VERSION}
+    if spec.exists() and json.loads(spec.read_text()) == expected:
         print(f"reusing {folder}", flush=True)
         return folder
     start = time.perf_counter()
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    write_dataset(shape, tmp)
-    (tmp / "shape.json").write_text(json.dumps(asdict(shape)))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    try:
+        write_dataset(shape, tmp)
+        (tmp / "shape.json").write_text(json.dumps(expected))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # only left if writing failed
     print(f"generated {folder} in {time.perf_counter() - start:.1f} s", flush=True)
     return folder
 
@@ -163,9 +167,9 @@ def popularity(items: int):
 def sample_ratings(rng, counts, items: int):
     """For every user, `counts[u]` distinct movie ranks drawn by popularity without replacement.
 
-    Light users: draw with replacement and redraw the collisions, which converges in a few rounds.
-    Heavy users would need thousands of rounds (they exhaust the head), so they take the exact top
-    `counts[u]` of Gumbel-perturbed log-probabilities instead, in chunks to bound memory.
+    Light users: rejection, which converges in a few rounds. Heavy users (more than a 50th of the
+    catalogue) exhaust the popular head, where rejection wastes most draws, so they take the exact
+    top `counts[u]` of Gumbel-style keys instead, in chunks to bound memory.
     """
     import numpy as np
 
@@ -177,28 +181,38 @@ def sample_ratings(rng, counts, items: int):
 
 
 def light_sample(rng, users, counts, items: int):
-    """Draw with replacement, drop repeated (user, item) pairs, redraw what the users lost.
+    """Sampling without replacement by rejection: each user keeps their first new draws, in order.
 
-    `pending` holds the distinct pairs of users still short of their count; complete users move
-    to `done`, so each round sorts only the users that had collisions.
+    Every round draws `factor` times what each user still lacks, drops draws the user already
+    has or drew earlier in the round, and keeps the first ones up to the count: that is exactly
+    successive sampling. The factor doubles each round, because the users still short are those
+    whose picks already cover most of the popular head. `users` must be ascending.
     """
     import numpy as np
 
     cdf = np.cumsum(popularity(items))
     target = np.zeros(users.max(initial=-1) + 1, np.int64)
     target[users] = counts
-    done, pending = [np.empty(0, np.int64)], np.empty(0, np.int64)
-    short, deficit = users, counts
+    done, pending = [np.empty(0, np.int64)], np.empty(0, np.int64)  # pending: sorted keys of short users
+    short, lacking, factor = users, counts, 1.25
     while len(short):
-        ranks = np.minimum(np.searchsorted(cdf, rng.random(int(deficit.sum())), side="right"), items - 1)
-        pending = np.unique(np.concatenate([pending, np.repeat(short, deficit) * items + ranks]))
+        draws = np.ceil(lacking * factor).astype(np.int64)
+        ranks = np.minimum(np.searchsorted(cdf, rng.random(int(draws.sum())), side="right"), items - 1)
+        keys = np.repeat(short * items, draws) + ranks
+        keys = keys[~np.isin(keys, pending, kind="sort")]
+        keys = keys[np.sort(np.unique(keys, return_index=True)[1])]  # first copy of each, draw order kept
+        owner = keys // items
+        position = np.arange(len(keys)) - np.searchsorted(owner, owner)  # rank among the user's new draws
+        wanted = np.zeros_like(target)
+        wanted[short] = lacking
+        pending = np.sort(np.concatenate([pending, keys[position < wanted[owner]]]))
         owner = pending // items
         have = np.bincount(owner, minlength=len(target))
         complete = (have == target)[owner]
         done.append(pending[complete])
         pending = pending[~complete]
         short = short[have[short] < target[short]]
-        deficit = target[short] - have[short]
+        lacking, factor = target[short] - have[short], factor * 2
     keys = np.concatenate(done)
     return keys // items, keys % items
 
@@ -346,7 +360,6 @@ def pandas_items(ratings, movies):
 
 
 IMPLEMENTATIONS = {"project": project_prepare, "pandas": pandas_prepare}
-LABELS = {"project": "project (polars)", "pandas": "pandas"}
 
 
 def worker(kind: str, raw_dir: Path, out_dir: Path, min_events: int) -> None:
@@ -356,16 +369,16 @@ def worker(kind: str, raw_dir: Path, out_dir: Path, min_events: int) -> None:
     memory they take is part of the peak, as it is for a user.
     """
     if kind == "project":
-        import userllm.data.prepare  # noqa: F401
+        import userllm.data.prepare as library
     else:
-        import pandas  # noqa: F401
-        import pyarrow.parquet  # noqa: F401
+        import pandas as library
+        import pyarrow.parquet  # noqa: F401  (pandas imports it lazily, on the first write)
     import_rss = memory_mb("VmRSS")
     start = time.perf_counter()
     counts = IMPLEMENTATIONS[kind](raw_dir, out_dir, min_events)
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "peak_rss_mb": memory_mb("VmHWM"), "import_rss_mb": import_rss,
-                      **counts}))
+                      "code": library.__file__, **counts}))
 
 
 def memory_mb(field: str) -> float:
@@ -384,21 +397,40 @@ def memory_mb(field: str) -> float:
 # Measuring and reporting
 
 
-def measure(kind: str, raw_dir: Path, min_events: int) -> dict:
-    """One run of `kind` in a child process; its output folder is measured, then removed."""
-    out_dir = Path(tempfile.mkdtemp(dir=RESULTS, prefix=f".prepare-{kind}-"))
+@dataclass(frozen=True)
+class Contender:
+    """One implementation to measure: its worker, and a checkout to import `userllm` from, if any."""
+
+    label: str
+    kind: str
+    checkout: Path | None = None
+
+
+def contenders(args: argparse.Namespace) -> list[Contender]:
+    """This checkout's project, any `--project-checkout` (e.g. with a patch applied), then pandas."""
+    found = [Contender("project (polars)", "project")]
+    found += [Contender(f"project @ {path}", "project", path.resolve()) for path in args.project_checkout]
+    return found if args.skip_pandas else [*found, Contender("pandas", "pandas")]
+
+
+def measure(contender: Contender, raw_dir: Path, min_events: int) -> dict:
+    """One run in a child process; its output folder is measured, then removed."""
+    env = dict(os.environ)
+    if contender.checkout:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(contender.checkout), env.get("PYTHONPATH")]))
+    out_dir = Path(tempfile.mkdtemp(dir=RESULTS, prefix=f".prepare-{contender.kind}-"))
     try:
         done = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--raw-dir", str(raw_dir),
+            [sys.executable, str(Path(__file__).resolve()), "--worker", contender.kind, "--raw-dir", str(raw_dir),
              "--out-dir", str(out_dir), "--min-events", str(min_events)],
-            stdout=subprocess.PIPE, text=True, check=True,
+            stdout=subprocess.PIPE, text=True, check=True, env=env,
         )
         result = json.loads(done.stdout.strip().splitlines()[-1])
         result["output_mb"] = sum(p.stat().st_size for p in out_dir.rglob("*.parquet")) / 2**20
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     result["rows_per_s"] = result["rows_in"] / result["seconds"]
-    print(f"{LABELS[kind]}: {result['seconds']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+    print(f"{contender.label}: {result['seconds']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
     return result
 
 
@@ -418,12 +450,11 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def check_same_counts(summary: dict[str, dict]) -> None:
-    """Both implementations must keep the same events, users and items, or the race is void."""
-    if "pandas" not in summary:
-        return
-    for name in ("rows_in", "events", "users", "items"):
-        project, pandas = summary["project"][name], summary["pandas"][name]
-        assert project == pandas, f"{name}: project {project} != pandas {pandas}"
+    """Every implementation must keep the same events, users and items, or the race is void."""
+    (first, reference), *others = summary.items()
+    for label, result in others:
+        for name in ("rows_in", "events", "users", "items"):
+            assert result[name] == reference[name], f"{name}: {first} {reference[name]} != {label} {result[name]}"
 
 
 COLUMNS = (("wall s", "seconds", "{:.1f}"), ("rows/s", "rows_per_s", "{:,.0f}"),
@@ -432,41 +463,42 @@ COLUMNS = (("wall s", "seconds", "{:.1f}"), ("rows/s", "rows_per_s", "{:,.0f}"),
 
 
 def markdown(summary: dict[str, dict], context: dict) -> str:
-    """The results table with a ratio row (pandas / project) and the issue's goals checked."""
-    project = summary["project"]
+    """The results table with a ratio row (pandas / project) per project, and the issue's goals."""
+    reference = next(iter(summary.values()))
     lines = [
-        f"## prepare: {project['rows_in']:,} ratings, {context['shape']['users']:,} users, "
+        f"## prepare: {reference['rows_in']:,} ratings, {context['shape']['users']:,} users, "
         f"{context['shape']['items']:,} movies, min_events={context['min_events']}",
         "",
         f"{context['cpus']} CPUs, load average {context['load_before']:.1f} before the runs; "
         f"python {context['python']}, polars {context['polars']}, pandas {context['pandas']}; "
-        f"median wall time of {context['repeat']} run(s). Kept: {project['events']:,} events, "
-        f"{project['users']:,} users, {project['items']:,} items.",
+        f"median wall time of {context['repeat']} run(s). Kept: {reference['events']:,} events, "
+        f"{reference['users']:,} users, {reference['items']:,} items.",
         "",
         "| implementation | " + " | ".join(title for title, _, _ in COLUMNS) + " |",
         "|---|" + "---:|" * len(COLUMNS),
     ]
-    for kind, result in summary.items():
-        lines.append(f"| {LABELS[kind]} | " + " | ".join(fmt.format(result[key]) for _, key, fmt in COLUMNS) + " |")
-    if "pandas" in summary:
-        ratios = [summary["pandas"][key] / project[key] for _, key, _ in COLUMNS]
-        lines.append("| pandas / project | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
-        lines += ["", goals(summary)]
+    for label, result in summary.items():
+        lines.append(f"| {label} | " + " | ".join(fmt.format(result[key]) for _, key, fmt in COLUMNS) + " |")
+    pandas = summary.get("pandas")
+    projects = [label for label in summary if label != "pandas"]
+    if pandas:
+        for label in projects:
+            ratios = [pandas[key] / summary[label][key] for _, key, _ in COLUMNS]
+            lines.append(f"| pandas / {label} | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
+        lines += ["", *(goals(label, summary[label], pandas) for label in projects)]
     return "\n".join(lines) + "\n"
 
 
-def goals(summary: dict[str, dict]) -> str:
+def goals(label: str, project: dict, pandas: dict) -> str:
     """The issue's targets: >= 5x faster than pandas, less peak memory, 20M rows in under a minute."""
-    project, pandas = summary["project"], summary["pandas"]
     speedup = pandas["seconds"] / project["seconds"]
     checks = [
-        f"project >= 5x faster than pandas: {'yes' if speedup >= 5 else 'no'} ({speedup:.2f}x)",
+        f">= 5x faster than pandas: {'yes' if speedup >= 5 else 'no'} ({speedup:.2f}x)",
         f"lower peak RSS: {'yes' if project['peak_rss_mb'] < pandas['peak_rss_mb'] else 'no'}",
     ]
     if project["rows_in"] >= 20_000_000:
-        checks.append(f"20M rows under 60 s: {'yes' if project['seconds'] < 60 else 'no'} "
-                      f"({project['seconds']:.1f} s)")
-    return "Goals: " + "; ".join(checks) + "."
+        checks.append(f"20M rows under 60 s: {'yes' if project['seconds'] < 60 else 'no'}")
+    return f"Goals, {label}: " + "; ".join(checks) + "."
 
 
 def run_benchmark(args: argparse.Namespace) -> None:
@@ -478,15 +510,14 @@ def run_benchmark(args: argparse.Namespace) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     raw_dir = ensure_dataset(shape, args.cache_dir or shape.cache_dir(RESULTS))
     warm_page_cache(raw_dir)
-    kinds = ["project"] if args.skip_pandas else ["project", "pandas"]
     context = {"shape": asdict(shape), "min_events": args.min_events, "repeat": args.repeat,
                "cpus": len(os.sched_getaffinity(0)), "load_before": os.getloadavg()[0],
                "python": platform.python_version(), "polars": polars.__version__, "pandas": pandas.__version__}
-    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    runs: dict[str, list[dict]] = {c.label: [] for c in contenders(args)}
     for _ in range(args.repeat):
-        for kind in kinds:  # interleaved, so that a burst of load elsewhere hits both alike
-            runs[kind].append(measure(kind, raw_dir, args.min_events))
-    summary = {kind: summarize(results) for kind, results in runs.items()}
+        for contender in contenders(args):  # interleaved, so that a burst of load elsewhere hits all alike
+            runs[contender.label].append(measure(contender, raw_dir, args.min_events))
+    summary = {label: summarize(results) for label, results in runs.items()}
     check_same_counts(summary)
     table = markdown(summary, context)
     print("\n" + table)
@@ -503,6 +534,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-events", type=int, default=52, help="the paper's protocol: history 50 + 2")
     parser.add_argument("--repeat", type=int, default=1, help="runs per implementation; the median is reported")
     parser.add_argument("--skip-pandas", action="store_true", help="measure the project only")
+    parser.add_argument("--project-checkout", type=Path, action="append", default=[],
+                        help="also measure the userllm of another checkout (a patch under review); repeatable")
     parser.add_argument("--cache-dir", type=Path, help="where the synthetic files live (default: results/ml20m_synth*)")
     parser.add_argument("--worker", choices=list(IMPLEMENTATIONS), help=argparse.SUPPRESS)
     parser.add_argument("--raw-dir", type=Path, help=argparse.SUPPRESS)

@@ -26,6 +26,9 @@ from userllm.io import write_json  # noqa: E402
 
 if TYPE_CHECKING:
     import lightning as L
+
+    from userllm.data.timelines import Timelines
+    from userllm.encoder.model import EncoderConfig
     from hydra.core.utils import JobReturn
     from lightning.pytorch.loggers import Logger
 
@@ -68,6 +71,18 @@ def dataset_spec(cfg: DictConfig) -> DatasetSpec:
         strict=data.strict,
         max_bad_fraction=data.max_bad_fraction,
         fetch=data.fetch,
+    )
+
+
+def encoder_config(cfg: DictConfig, timelines: "Timelines", max_len: int | None = None) -> "EncoderConfig":
+    """The `encoder` config group as the library's EncoderConfig, sized to the prepared vocabularies."""
+    from userllm.encoder.model import EncoderConfig
+
+    features = list(cfg.encoder.features)
+    return EncoderConfig(
+        vocab_sizes={f: timelines.vocab_size(f) for f in features}, features=features, dim=cfg.encoder.dim,
+        layers=cfg.encoder.layers, heads=cfg.encoder.heads, dropout=cfg.encoder.dropout,
+        max_len=max_len or cfg.encoder.max_len, fusion=cfg.encoder.fusion, feature_dim=cfg.encoder.feature_dim,
     )
 
 

@@ -10,7 +10,6 @@ user as of the end of the log, which is what a consumer outside the project want
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import hydra
@@ -24,6 +23,7 @@ from userllm.data.collate import pad_rows
 from userllm.data.timelines import Timelines
 from userllm.encoder.export import load_encoder
 from userllm.encoder.model import UserEncoder
+from userllm.io import atomic_path
 
 
 def latest_windows(timelines: Timelines, history_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,17 +88,6 @@ def embeddings_frame(
     return frame.with_columns(sequence=sequences["vector"])
 
 
-def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
-    """Temp file beside `path`, then rename: a killed run leaves no half-written file to trust."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        frame.write_parquet(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 @hydra.main(config_path="../conf", config_name="embed", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     set_threads(cfg.threads)
@@ -111,7 +100,8 @@ def main(cfg: DictConfig) -> None:
                          cfg.embed.full_sequence)
     frame = embeddings_frame(timelines.users["user_id"], stops - starts, last, every)
     out_file = Path(cfg.out_file)
-    write_parquet_atomic(frame, out_file)
+    with atomic_path(out_file) as tmp:
+        frame.write_parquet(tmp)
     log.info("wrote %d users x %d dims (columns %s) to %s", *last.shape, ", ".join(frame.columns), out_file)
     log_artifact(loggers, f"user_embeddings-{cfg.data.name}", "embeddings", [out_file])
 

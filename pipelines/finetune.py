@@ -15,12 +15,12 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from common import build_trainer, ensure_data, finish_stage, log, resolve_ckpt_path, set_threads
+from common import build_trainer, encoder_config, ensure_data, finish_stage, log, resolve_ckpt_path, set_threads
 from userllm.data.collate import PromptCollator
 from userllm.data.datamodule import TimelineDataModule, window_examples
 from userllm.data.timelines import Timelines
 from userllm.encoder.export import load_encoder
-from userllm.encoder.model import EncoderConfig, UserEncoder
+from userllm.encoder.model import UserEncoder
 from userllm.io import atomic_write_text
 from userllm.llm.load import load_llm
 from userllm.modules.contextualize import UserLLM
@@ -37,15 +37,7 @@ def build_encoder(cfg: DictConfig, timelines: Timelines) -> UserEncoder | None:
         return load_encoder(Path(cfg.pretrained_dir))
     if cfg.encoder.init != "random":
         raise ValueError(f"encoder.init={cfg.encoder.init!r}: expected 'pretrained' or 'random'")
-    features = list(cfg.encoder.features)
-    return UserEncoder(
-        EncoderConfig(
-            vocab_sizes={f: timelines.vocab_size(f) for f in features}, features=features,
-            dim=cfg.encoder.dim, layers=cfg.encoder.layers, heads=cfg.encoder.heads,
-            dropout=cfg.encoder.dropout, max_len=cfg.encoder.max_len, fusion=cfg.encoder.fusion,
-            feature_dim=cfg.encoder.feature_dim,
-        )
-    )
+    return UserEncoder(encoder_config(cfg, timelines))
 
 
 def majority_label(task: Task, history_len: int, stride: int) -> str | None:

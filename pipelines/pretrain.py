@@ -7,6 +7,7 @@ multirun, each job's own folder).
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from common import (
     build_trainer,
+    encoder_config,
     ensure_data,
     finish_stage,
     log,
@@ -49,19 +51,8 @@ def build_datamodule(cfg: DictConfig, processed_dir: Path) -> TimelineDataModule
 def build_model(cfg: DictConfig, datamodule: TimelineDataModule) -> EncoderPretraining:
     timelines = datamodule.timelines
     features = list(cfg.encoder.features)
-    encoder = {
-        "vocab_sizes": {f: timelines.vocab_size(f) for f in features},
-        "features": features,
-        "dim": cfg.encoder.dim,
-        "layers": cfg.encoder.layers,
-        "heads": cfg.encoder.heads,
-        "dropout": cfg.encoder.dropout,
-        "max_len": cfg.encoder.max_len,
-        "fusion": cfg.encoder.fusion,
-        "feature_dim": cfg.encoder.feature_dim,
-    }
     return EncoderPretraining(
-        encoder=encoder,
+        encoder=asdict(encoder_config(cfg, timelines)),
         loss_weights={f: w for f, w in cfg.loss.weights.items() if f in features},
         sampled_negatives=cfg.loss.sampled_negatives,
         tie_item_head=cfg.loss.tie_item_head,

@@ -5,23 +5,40 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write `text` to a temp file beside `path`, then rename it over `path`."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temp path beside `path` to write to; renamed over `path` if the block succeeds, else removed.
+
+    Any writer works through it (parquet, safetensors, plots): the final name only ever holds a
+    complete file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        yield tmp
+        tmp.chmod(0o644)  # mkstemp makes files private; results are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
 
 
 def write_json(path: Path, payload: Any) -> Path:

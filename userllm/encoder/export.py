@@ -6,14 +6,13 @@ Finetuning and outside users load it without Lightning, without unpickling anyth
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
 from userllm.encoder.model import EncoderConfig, UserEncoder
-from userllm.io import write_json
+from userllm.io import atomic_path, write_json
 
 WEIGHTS = "encoder.safetensors"
 CONFIG = "encoder.json"
@@ -23,10 +22,9 @@ def save_encoder(encoder: UserEncoder, folder: Path) -> Path:
     """Write the weights (temp file, then rename) and then the config that marks them complete."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{WEIGHTS}.tmp-{os.getpid()}"
     state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
-    save_file(state, str(tmp))
-    os.replace(tmp, folder / WEIGHTS)
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
     write_json(folder / CONFIG, asdict(encoder.config))
     return folder
 
