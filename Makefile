@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 
 ENCODER := outputs/$(DATA)/pretrain/encoder.safetensors
 
-.PHONY: install data pretrain embed finetune finetune-tp pipeline sweep benchmark test test-fast clean-venv
+.PHONY: install data pretrain embed finetune finetune-tp pipeline sweep benchmark benchmark-data test test-fast clean-venv
 
 install: $(STAMP)
 
@@ -55,6 +55,12 @@ pipeline: $(STAMP)
 # Inference cost of User-LLM against the text prompt at history 50/100/200 (FLOPs, tokens, latency).
 benchmark: $(STAMP)
 	$(PY) pipelines/benchmark.py $(OVERRIDES)
+
+# Prepare-stage benchmark: the project against pandas on ML-20M-shaped synthetic data, generated
+# once into benchmarks/results/ml20m_synth/. BENCH_ARGS="--rows 2000000" for a quick run.
+BENCH_ARGS ?=
+benchmark-data: $(STAMP)
+	$(PY) benchmarks/prepare_bench.py $(BENCH_ARGS)
 
 # The paper's ablations on the finetune stage (conf/hparams_search/paper_ablations.yaml): history
 # length 50/100/200 x cross-attention/soft prompt x Perceiver on/off, 12 jobs of 100 steps each.

@@ -32,8 +32,11 @@ MIN_TIMESTAMP = 631_152_000  # 1990-01-01
 MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01
 
 
-def to_canonical(frame: pl.LazyFrame) -> pl.LazyFrame:
-    """Cast to the canonical dtypes, add missing optional columns as nulls, fix the column order."""
+def to_canonical(frame: pl.LazyFrame, extra: list[str] | None = None) -> pl.LazyFrame:
+    """Cast to the canonical dtypes, add missing optional columns as nulls, fix the column order.
+
+    `extra` columns (a reader's bookkeeping) are kept after the canonical ones, as they are.
+    """
     names = frame.collect_schema().names()
     columns = []
     for name, dtype in EVENT_SCHEMA.items():
@@ -43,4 +46,4 @@ def to_canonical(frame: pl.LazyFrame) -> pl.LazyFrame:
             columns.append(pl.lit(None, dtype=dtype).alias(name))
     if SOURCE_LINE in names:
         columns.append(pl.col(SOURCE_LINE).cast(pl.Int64))
-    return frame.select(columns)
+    return frame.select(*columns, *(extra or []))

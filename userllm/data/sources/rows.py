@@ -2,8 +2,9 @@
 
 A reader scans its files into text columns named canonically, plus `source_line`; then
 `finish_items` checks and deduplicates the item table, and `finish_events` types the events, says
-which rows are bad and why, adds title and categories, and ends in the canonical schema. Bad rows
-are reported to `InputIssues` after one streaming pass over each file and the result stays lazy.
+which rows are bad and why, adds title and categories, and ends in the canonical schema. Each file
+is read once: bad rows are reported to `InputIssues` from that pass, and the good rows stay in memory
+behind a lazy frame (the timelines need all of them anyway).
 Keeping detection in polars expressions is what lets a 20M-row file be checked in seconds.
 """
 
@@ -37,11 +38,14 @@ def drop_bad_rows(frame: pl.LazyFrame, checks: Sequence[Check], path: Path, issu
                   what: str) -> pl.LazyFrame:
     """Report the rows of `path` that break a check (first broken check wins) and drop them.
 
-    Runs one streaming pass now to count and locate bad rows; the returned frame stays lazy.
+    Reads the file once, in canonical form plus the broken check's index, and reports from that
+    frame in memory: the timelines read every row anyway, and a separate counting pass over the
+    file cost as much as everything after it. The returned frame is a lazy view of the good rows.
     """
-    flagged = _flag(frame, checks)
-    _report(flagged, checks, path, issues, what)
-    return flagged.filter(pl.col(_REASON).is_null()).drop(_REASON)
+    flagged = to_canonical(_flag(frame, checks), extra=[_REASON]).collect(engine="streaming")
+    bad = _report(flagged.lazy(), checks, path, issues, what)
+    good = flagged.filter(pl.col(_REASON).is_null()) if bad else flagged
+    return good.drop(_REASON).lazy()
 
 
 def _flag(frame: pl.LazyFrame, checks: Sequence[Check]) -> pl.LazyFrame:
@@ -50,10 +54,11 @@ def _flag(frame: pl.LazyFrame, checks: Sequence[Check]) -> pl.LazyFrame:
     return frame.with_columns(reason.alias(_REASON))
 
 
-def _report(flagged: pl.LazyFrame, checks: Sequence[Check], path: Path, issues: InputIssues, what: str) -> None:
+def _report(flagged: pl.LazyFrame, checks: Sequence[Check], path: Path, issues: InputIssues, what: str) -> int:
     """Count and locate the flagged rows, earliest first, so strict mode names the first bad line.
 
-    A file without a single row is a hard error: nothing sensible can be built from it.
+    A file without a single row is a hard error: nothing sensible can be built from it. Returns
+    the number of bad rows.
     """
     stats = (
         flagged.group_by(_REASON)
@@ -66,7 +71,9 @@ def _report(flagged: pl.LazyFrame, checks: Sequence[Check], path: Path, issues: 
     bad = stats.filter(pl.col(_REASON).is_not_null()).sort(pl.col("lines").list.first())
     for code, rows, lines in bad.iter_rows():
         issues.report(checks[code].reason, path, lines, total=rows, expected=checks[code].expected)
-    issues.check_share(path, int(bad["rows"].sum()), total)
+    bad_rows = int(bad["rows"].sum())
+    issues.check_share(path, bad_rows, total)
+    return bad_rows
 
 
 def is_blank(column: str) -> pl.Expr:
@@ -150,4 +157,4 @@ def finish_events(events: pl.LazyFrame, checks: Sequence[Check], path: Path, iss
     if items is not None:
         events, in_meta = _join_items(events, items, items_path)
         checks.append(in_meta)
-    return to_canonical(drop_bad_rows(events, checks, path, issues, what))
+    return drop_bad_rows(events, checks, path, issues, what)
