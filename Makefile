@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 
 ENCODER := outputs/$(DATA)/pretrain/encoder.safetensors
 
-.PHONY: install data pretrain embed finetune finetune-tp pipeline sweep benchmark benchmark-data test test-fast clean-venv
+.PHONY: install data pretrain embed finetune finetune-tp pipeline sweep benchmark benchmark-data report test test-fast clean-venv
 
 install: $(STAMP)
 
@@ -55,6 +55,11 @@ pipeline: $(STAMP)
 # Inference cost of User-LLM against the text prompt at history 50/100/200 (FLOPs, tokens, latency).
 benchmark: $(STAMP)
 	$(PY) pipelines/benchmark.py $(OVERRIDES)
+
+# The latest result of every stage for DATA as outputs/report.md, plots in outputs/report/
+# (ARGS="report_file=<path>.md" puts it elsewhere). Stages not run yet are listed with their command.
+report: $(STAMP)
+	$(PY) pipelines/report.py $(OVERRIDES)
 
 # Prepare-stage benchmark: the project against pandas on ML-20M-shaped synthetic data, generated
 # once into benchmarks/results/ml20m_synth/. BENCH_ARGS="--rows 2000000" for a quick run.

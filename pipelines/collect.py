@@ -10,9 +10,7 @@ that stopped half way: jobs without a metrics.json get empty cells.
 from __future__ import annotations
 
 import argparse
-import csv
 import fnmatch
-import io
 import json
 import logging
 import re
@@ -24,6 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from userllm.io import atomic_write_text
+from userllm.tables import csv_text, markdown_table
 
 # The headline metric of each stage and task, and its trivial baseline; `test/*` shows everything.
 DEFAULT_METRICS = ("test/recall@10", "test/ndcg@10", "test/accuracy", "test/rouge_lsum",
@@ -91,35 +90,11 @@ def summary_rows(sweep_dir: Path, patterns: Sequence[str]) -> list[dict[str, Any
     ]
 
 
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A GitHub-style table; floats with 4 decimals, as in the stages' own result tables."""
-    if not rows:
-        return "no jobs found\n"
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(markdown_cell(row[c]) for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def markdown_cell(value: Any) -> str:
-    """Floats with 4 decimals; `|` escaped, since override values may contain it."""
-    return f"{value:.4f}" if isinstance(value, float) else str(value).replace("|", "\\|")
-
-
-def csv_text(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as CSV with a header line, full precision."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["job"])
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def write_summary(sweep_dir: Path, patterns: Sequence[str] = DEFAULT_METRICS) -> Path:
     """Write `summary.md` and `summary.csv` into the multirun folder; return the markdown file."""
     rows = summary_rows(sweep_dir, patterns)
     atomic_write_text(sweep_dir / "summary.csv", csv_text(rows))
-    markdown = atomic_write_text(sweep_dir / "summary.md", f"# {sweep_dir}\n\n{markdown_table(rows)}")
+    markdown = atomic_write_text(sweep_dir / "summary.md", f"# {sweep_dir}\n\n" + markdown_table(rows, empty="no jobs found"))
     log.info("summary of %d jobs written to %s and summary.csv", len(rows), markdown)
     return markdown
 

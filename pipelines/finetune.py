@@ -24,9 +24,8 @@ from userllm.encoder.model import UserEncoder
 from userllm.io import atomic_write_text
 from userllm.llm.load import load_llm
 from userllm.modules.contextualize import UserLLM
-from userllm.tasks import Task
+from userllm.tasks import HEADLINE, Task
 
-MAIN_METRIC = {"next_item": "test/recall@10", "favorite_genre": "test/accuracy", "review": "test/rouge_lsum"}
 
 
 def build_encoder(cfg: DictConfig, timelines: Timelines) -> UserEncoder | None:
@@ -91,7 +90,7 @@ def main(cfg: DictConfig) -> float:
     result_dir = Path(cfg.result_dir)
     finish_stage(cfg, metrics, result_dir, table_prefixes=("test/",))
     print_comparison(cfg, metrics)
-    return metrics.get(cfg.optimized_metric or MAIN_METRIC[task.name], float("nan"))
+    return metrics.get(cfg.optimized_metric or HEADLINE[task.name][0], float("nan"))
 
 
 def log_generations(trainer: L.Trainer, rows: list[dict], run_dir: Path) -> None:
@@ -104,10 +103,9 @@ def log_generations(trainer: L.Trainer, rows: list[dict], run_dir: Path) -> None
 
 def print_comparison(cfg: DictConfig, metrics: dict[str, float]) -> None:
     """This run beside the text-prompt baseline's latest result for the same task, when there is one."""
-    main_metric = MAIN_METRIC[cfg.task.name]
+    main_metric, baseline = HEADLINE[cfg.task.name]
     tp_file = Path(cfg.paths.stage_dir) / "finetune" / cfg.task.name / "text_prompt" / "metrics.json"
     rows = [(f"{cfg.integration.name} ({cfg.strategy.name})", metrics.get(main_metric))]
-    baseline = main_metric.replace("test/", "test/majority_" if cfg.task.name == "favorite_genre" else "test/pop_")
     if baseline in metrics:
         rows.append(("trivial baseline", metrics[baseline]))
     if cfg.integration.name != "text_prompt" and tp_file.exists():

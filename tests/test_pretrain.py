@@ -140,6 +140,21 @@ def test_pipeline_smoke_writes_encoder_and_metrics(ml100k_processed, tmp_path):
     assert "test/recall@10" in result.stdout
 
 
+@pytest.mark.parametrize(
+    "ablation",
+    [["encoder.fusion=late"], ["encoder.fusion=sum"], ["encoder.features=[item]"], ["data.history_len=200"],
+     ["loss.weights={item: 1.0, rating: 0.0, category: 1.0}"], ["loss.sampled_negatives=100"]],
+    ids=["late-fusion", "sum-fusion", "item-only", "history-200", "loss-weights", "sampled-softmax"],
+)
+def test_ablations_run_end_to_end(ml100k_processed, tmp_path, ablation):
+    run_pipeline(
+        "pretrain", "experiment=smoke", "logger=none", f"paths.output_dir={tmp_path}", "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=2", *ablation,
+    )
+    metrics = json.loads((tmp_path / "movielens_100k" / "pretrain" / "metrics.json").read_text())
+    assert 0.0 <= metrics["test/recall@10"] <= 1.0
+
+
 def test_pipeline_resumes_from_last_checkpoint(ml100k_processed, tmp_path):
     common = ["experiment=smoke", "logger=none", f"paths.output_dir={tmp_path}", "+trainer.limit_train_batches=3"]
     run_pipeline("pretrain", *common, "trainer.max_epochs=1")

@@ -30,7 +30,6 @@ long histories it lifts the total FLOPs ratio above the ideal.
 
 from __future__ import annotations
 
-import csv
 import ctypes
 import io
 import logging
@@ -53,6 +52,7 @@ from userllm.data.collate import PromptCollator
 from userllm.data.datamodule import TimelineDataset, window_examples
 from userllm.data.timelines import Timelines
 from userllm.encoder.model import EncoderConfig, UserEncoder
+from userllm import tables
 from userllm.io import atomic_write_bytes
 from userllm.modules.contextualize import UserLLM
 from userllm.tasks import Task
@@ -378,19 +378,8 @@ TABLE: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as a GitHub markdown table, readable in a terminal too."""
-    lines = ["| " + " | ".join(h for h, _ in TABLE) + " |", "|" + "---|" * len(TABLE)]
-    lines += ["| " + " | ".join(fmt(row) for _, fmt in TABLE) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def csv_text(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as CSV with every column at full precision."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    """The rows as a GitHub markdown table with the formatted columns of TABLE."""
+    return tables.markdown_table([{header: fmt(row) for header, fmt in TABLE} for row in rows])
 
 
 def plot_png(rows: Sequence[dict[str, Any]]) -> bytes:
@@ -418,5 +407,5 @@ def plot_png(rows: Sequence[dict[str, Any]]) -> bytes:
 
 def write_report(rows: Sequence[dict[str, Any]], folders: Sequence[Path]) -> list[Path]:
     """`cost.md`, `cost.csv` and `cost.png` into every folder, atomically; returns the paths written."""
-    files = {"cost.md": markdown_table(rows).encode(), "cost.csv": csv_text(rows).encode(), "cost.png": plot_png(rows)}
+    files = {"cost.md": markdown_table(rows).encode(), "cost.csv": tables.csv_text(rows).encode(), "cost.png": plot_png(rows)}
     return [atomic_write_bytes(Path(folder) / name, data) for folder in folders for name, data in files.items()]

@@ -16,6 +16,13 @@ from userllm.llm.prompts import task_instruction
 
 TASK_NAMES = ("next_item", "favorite_genre", "review")
 
+HEADLINE: dict[str, tuple[str, str | None]] = {
+    "favorite_genre": ("test/accuracy", "test/majority_accuracy"),
+    "next_item": ("test/recall@10", "test/pop_recall@10"),
+    "review": ("test/rouge_lsum", None),
+}
+"""Task -> its headline test metric and the trivial baseline scored on the same examples (review has none)."""
+
 
 @dataclass
 class Task:
