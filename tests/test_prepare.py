@@ -11,7 +11,7 @@ import gzip
 import json
 import logging
 import os
-import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -84,36 +84,27 @@ def write_amazon_2018(raw_dir: Path) -> Path:
     return raw_dir
 
 
-def run_prepare(capsys, monkeypatch, *overrides: str) -> tuple[int, str]:
-    """Run `pipelines/prepare.py` as a script in this process; its exit code and printed output.
+def run_prepare(*overrides: str) -> tuple[int, str]:
+    """Run `pipelines/prepare.py` as a user would, in a subprocess: its exit code and printed output.
 
-    Hydra configures logging for the run; the root logger is restored afterwards so that later tests
-    do not write into this test's captured streams.
+    (In-process runs let Hydra reconfigure logging onto pytest's captured streams, which later
+    closes them under the rest of the suite.)
     """
-    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *overrides])
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    code = 0
-    try:
-        runpy.run_path(str(SCRIPT), run_name="__main__")
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+    env = {**os.environ, "USERLLM_ROOT": str(REPO)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    return result.returncode, result.stdout + result.stderr
 
 
 @pytest.fixture
-def prepare_cli(tmp_path, capsys, monkeypatch):
+def prepare_cli(tmp_path):
     """`prepare(data, *overrides)` with raw files in tmp/raw and everything written under tmp."""
 
     def prepare(data: str, *overrides: str) -> tuple[int, str]:
         return run_prepare(
-            capsys, monkeypatch, f"data={data}", f"data.raw_dir={tmp_path / 'raw'}",
+            f"data={data}", f"data.raw_dir={tmp_path / 'raw'}",
             f"paths.data_dir={tmp_path / 'data'}", f"paths.output_dir={tmp_path / 'outputs'}", *overrides,
         )
 
