@@ -48,10 +48,12 @@ finetune: $(STAMP)
 finetune-tp: $(STAMP)
 	$(PY) pipelines/finetune.py integration=text_prompt strategy=lora $(OVERRIDES)
 
-# prepare -> pretrain (if no encoder yet) -> finetune, each reusing what the earlier ones produced.
+# prepare -> pretrain (if no encoder yet) -> finetune (trains, then tests against the baselines),
+# each reusing what the earlier ones produced; ends with the report of every stage's results.
 pipeline: $(STAMP)
 	$(MAKE) data DATA=$(DATA) EXP=$(EXP)
 	$(MAKE) finetune DATA=$(DATA) EXP=$(EXP) ARGS="$(ARGS)"
+	$(PY) pipelines/report.py data=$(DATA) print_report=true
 
 # Inference cost of User-LLM against the text prompt at history 50/100/200 (FLOPs, tokens, latency).
 benchmark: $(STAMP)

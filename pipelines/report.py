@@ -19,6 +19,8 @@ from userllm.report import write_report
 @hydra.main(config_path="../conf", config_name="report", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     report = write_report(Path(cfg.paths.stage_dir), Path(cfg.report_file), cfg.data.name)
+    if cfg.print_report:
+        print(report.read_text())
     print(f"report written to {report} (plots in {report.with_suffix('')}/)")
 
 
