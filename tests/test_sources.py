@@ -111,9 +111,8 @@ def test_recbole_without_item_file_or_rating(tmp_path):
     assert events["title"].to_list() == [None, None]
 
 
-@pytest.mark.skipif(not (REPO / "data/raw/movielens_100k/ml-100k.inter").is_file(),
-                    reason="real RecBole ml-100k files not fetched into data/raw/movielens_100k")
-def test_real_recbole_movielens_100k():
+def test_real_recbole_movielens_100k(ml100k_processed):
+    """The real files, fetched from the RecBole wheel by the prepare stage (the fixture)."""
     issues = InputIssues(strict=True)
     events = read("movielens_100k", REPO / "data/raw/movielens_100k", issues)
     assert (events["user_id"].n_unique(), events["item_id"].n_unique(), events.height) == (943, 1682, 100_000)
