@@ -176,7 +176,7 @@ def peak_rss_mb(fn: Callable[[], object], interval_s: float = 1e-3) -> float:
 def user_context(model: UserLLM, batch: dict) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, dict]:
     """User tokens (encoder, Perceiver, projector) and the LLM's prompt inputs, as `UserLLM.generate` builds them."""
     user = model.user_tokens(batch)
-    return user, model.llm_inputs(batch, batch["generation_inputs"], user)
+    return user, model.llm_inputs(batch["generation_inputs"], user)
 
 
 def prefill(model: UserLLM, batch: dict) -> None:

@@ -115,7 +115,7 @@ class UserLLM(L.LightningModule):
             mask = torch.ones(events.shape[:2], dtype=torch.bool, device=events.device)
         return self.projector(events), mask
 
-    def llm_inputs(self, batch: dict, inputs: dict[str, Tensor], user: tuple[Tensor, Tensor] | None) -> dict:
+    def llm_inputs(self, inputs: dict[str, Tensor], user: tuple[Tensor, Tensor] | None) -> dict:
         """Model kwargs for this integration (the soft prompt inserts the user tokens here)."""
         if self.integration != "soft_prompt":
             return dict(inputs)
@@ -136,7 +136,7 @@ class UserLLM(L.LightningModule):
     def loss(self, batch: dict) -> Tensor:
         """Cross-entropy on the target tokens only; logits are computed only where a loss is taken."""
         user = self.user_tokens(batch)
-        kwargs = self.llm_inputs(batch, batch["llm_inputs"], user)
+        kwargs = self.llm_inputs(batch["llm_inputs"], user)
         labels = kwargs.pop("labels")
         keep = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
         with self.conditioned(user):
@@ -182,15 +182,14 @@ class UserLLM(L.LightningModule):
     def generate(self, batch: dict) -> list[list[str]]:
         """Ranked answers per example: catalogue strings for constrained tasks, one text otherwise."""
         user = self.user_tokens(batch)
-        inputs = self.llm_inputs(batch, batch["generation_inputs"], user)
+        inputs = self.llm_inputs(batch["generation_inputs"], user)
         with self.conditioned(user):
             if self.trie is not None:
                 beams = self.hparams.num_beams if self.task.name == "next_item" else 1
-                ranked = constrained_generate(
+                return constrained_generate(
                     self.llm, self.tokenizer, inputs, self.trie, num_beams=max(beams, 2),
                     num_return=max(self.hparams.ks) if self.task.name == "next_item" else 1,
                 )
-                return ranked
             output = self.llm.generate(
                 **inputs, max_new_tokens=self.hparams.max_new_tokens, do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id,
