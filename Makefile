@@ -1,5 +1,6 @@
 # userllm: every target installs what it needs into .venv on first use.
-#   make pipeline          prepare -> pretrain -> finetune on the defaults (MovieLens-100K, SmolLM2-135M)
+#   make pipeline          prepare -> pretrain -> finetune -> evaluate -> report on the defaults
+#                          (MovieLens-100K, SmolLM2-135M)
 #   make test              the test suite
 # Pass Hydra overrides with ARGS="...", an experiment with EXP=<name>, a dataset with DATA=<name>.
 
@@ -17,7 +18,7 @@ PYTEST_ARGS ?=
 
 ENCODER := outputs/$(DATA)/pretrain/encoder.safetensors
 
-.PHONY: install data pretrain embed finetune finetune-tp pipeline sweep benchmark benchmark-data report test test-fast clean-venv
+.PHONY: install data pretrain embed finetune finetune-tp evaluate pipeline sweep benchmark benchmark-data report test test-fast clean-venv
 
 install: $(STAMP)
 
@@ -48,11 +49,17 @@ finetune: $(STAMP)
 finetune-tp: $(STAMP)
 	$(PY) pipelines/finetune.py integration=text_prompt strategy=lora $(OVERRIDES)
 
-# prepare -> pretrain (if no encoder yet) -> finetune (trains, then tests against the baselines),
-# each reusing what the earlier ones produced; ends with the report of every stage's results.
+# Stage 2's test apart from training: finetune's checkpoint (ARGS="ckpt=best", "max_eval_users=150")
+# rebuilt from the same config; pass the overrides finetune ran with, they select the same model.
+evaluate: $(STAMP)
+	$(PY) pipelines/evaluate.py $(OVERRIDES)
+
+# prepare -> pretrain (if no encoder yet) -> finetune (trains only) -> evaluate (tests against the
+# baselines), each reusing what the earlier ones produced; ends with the report of every stage's results.
 pipeline: $(STAMP)
 	$(MAKE) data DATA=$(DATA) EXP=$(EXP)
-	$(MAKE) finetune DATA=$(DATA) EXP=$(EXP) ARGS="$(ARGS)"
+	$(MAKE) finetune DATA=$(DATA) EXP=$(EXP) ARGS="test_after_fit=false $(ARGS)"
+	$(MAKE) evaluate DATA=$(DATA) EXP=$(EXP) ARGS="$(ARGS)"
 	$(PY) pipelines/report.py data=$(DATA) print_report=true
 
 # Inference cost of User-LLM against the text prompt at history 50/100/200 (FLOPs, tokens, latency).

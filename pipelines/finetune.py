@@ -1,117 +1,53 @@
 """Stage 2: contextualise the LLM with user embeddings. `python pipelines/finetune.py` / `make finetune`.
 
-Build data and task, load the LLM and the stage-1 encoder, train the chosen strategy, test on every
-user's held-out window, and print the result beside the trivial baseline and the text-prompt one.
+Build data and task, load the LLM and the stage-1 encoder, train the chosen strategy, and (unless
+`test_after_fit=false`, which leaves it to the evaluate stage) test on every user's held-out window
+and print the result beside the trivial baseline and the text-prompt one.
 """
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
 
-from common import build_trainer, encoder_config, ensure_data, finish_stage, log, resolve_ckpt_path, set_threads
-from userllm.data.collate import PromptCollator
-from userllm.data.datamodule import TimelineDataModule, window_examples
-from userllm.data.timelines import Timelines
-from userllm.encoder.export import load_encoder
-from userllm.encoder.model import UserEncoder
-from userllm.io import atomic_write_text
-from userllm.llm.load import load_llm
-from userllm.modules.contextualize import UserLLM
-from userllm.tasks import HEADLINE, Task
-
-
-
-def build_encoder(cfg: DictConfig, timelines: Timelines) -> UserEncoder | None:
-    """The stage-1 encoder (weights only), or a random one for the `encoder.init=random` ablation."""
-    if cfg.integration.name == "text_prompt":
-        return None
-    if cfg.encoder.init == "pretrained":
-        return load_encoder(Path(cfg.pretrained_dir))
-    if cfg.encoder.init != "random":
-        raise ValueError(f"encoder.init={cfg.encoder.init!r}: expected 'pretrained' or 'random'")
-    return UserEncoder(encoder_config(cfg, timelines))
-
-
-def majority_label(task: Task, history_len: int, stride: int) -> str | None:
-    """The most common favourite label over the training windows: the trivial baseline's answer."""
-    if task.name != "favorite_genre":
-        return None
-    labels = Counter(task.favorite_label(e.start, e.end) for e in window_examples(task.timelines, "train", history_len, stride))
-    return labels.most_common(1)[0][0]
+from common import build_trainer, finish_stage, log, resolve_ckpt_path, set_threads
+from stage2 import build_stage2, run_test
 
 
 @hydra.main(config_path="../conf", config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     set_threads(cfg.threads)
-    L.seed_everything(cfg.seed, workers=True)
-    processed = ensure_data(cfg)
-    timelines = Timelines.load(processed)
-    task = Task(cfg.task.name, timelines, cfg.data.label_word)
-    llm, tokenizer = load_llm(cfg.llm.name_or_path, Path(cfg.llm.cache_dir))
-    encoder = build_encoder(cfg, timelines)
-    features = list(encoder.config.features) if encoder is not None else ["item"]
-    collator = PromptCollator(
-        task, tokenizer, text_history=cfg.integration.name == "text_prompt",
-        history_len=cfg.data.history_len, max_target_tokens=cfg.max_target_tokens, padding_side=cfg.padding_side,
-    )
-    datamodule = TimelineDataModule(
-        processed, collator_factory=lambda _: collator, history_len=cfg.data.history_len, stride=cfg.stride,
-        features=features, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-        num_workers=cfg.num_workers, max_eval_users=cfg.max_eval_users, seed=cfg.seed,
-    )
-    optim = OmegaConf.to_container(cfg.optim, resolve=True)
-    model = UserLLM(
-        llm, tokenizer, task, integration=cfg.integration.name, encoder=encoder, strategy=cfg.strategy.name,
-        perceiver=OmegaConf.to_container(cfg.perceiver, resolve=True),
-        cross_attention=OmegaConf.to_container(cfg.integration, resolve=True),
-        lora=OmegaConf.to_container(cfg.strategy.lora, resolve=True) if cfg.strategy.lora else None,
-        num_beams=cfg.task.num_beams, max_new_tokens=cfg.task.max_new_tokens,
-        popularity=torch.as_tensor(timelines.training_item_counts(), dtype=torch.float32),
-        majority_label=majority_label(task, cfg.data.history_len, cfg.stride),
-        sample_generations=cfg.sample_generations, **optim,
-    )
-    log.info("trainable parameters: %d", model.num_trainable())
-
+    model, datamodule = build_stage2(cfg)
     trainer = build_trainer(cfg)
     if model.num_trainable() > 0:
         trainer.fit(model, datamodule, ckpt_path=resolve_ckpt_path(cfg))
+        save_final_checkpoint(trainer)
     else:
-        log.info("nothing to train (frozen LLM, no encoder): evaluating the model as it is")
-    metrics = trainer.test(model, datamodule)[0]
-    log_generations(trainer, model.generations, Path(cfg.run_dir))
-
-    result_dir = Path(cfg.result_dir)
-    finish_stage(cfg, metrics, result_dir, table_prefixes=("test/",))
-    print_comparison(cfg, metrics)
-    return metrics.get(cfg.optimized_metric or HEADLINE[task.name][0], float("nan"))
-
-
-def log_generations(trainer: L.Trainer, rows: list[dict], run_dir: Path) -> None:
-    """Sampled prompt/target/output rows: a JSON-lines file in the run folder and a W&B table."""
-    atomic_write_text(run_dir / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    for logger in trainer.loggers:
-        if hasattr(logger, "log_table") and rows:
-            logger.log_table("test/generations", columns=list(rows[0]), data=[list(r.values()) for r in rows])
+        log.info("nothing to train (frozen LLM, no encoder): the model is tested as it is")
+    if cfg.test_after_fit:
+        return run_test(cfg, trainer, model, datamodule)
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    finish_stage(cfg, metrics, Path(cfg.result_dir), table_prefixes=("train/", "val/"))
+    log.info("not tested (test_after_fit=false): `python pipelines/evaluate.py` with the same overrides tests it")
+    return float("nan")
 
 
-def print_comparison(cfg: DictConfig, metrics: dict[str, float]) -> None:
-    """This run beside the text-prompt baseline's latest result for the same task, when there is one."""
-    main_metric, baseline = HEADLINE[cfg.task.name]
-    tp_file = Path(cfg.paths.stage_dir) / "finetune" / cfg.task.name / "text_prompt" / "metrics.json"
-    rows = [(f"{cfg.integration.name} ({cfg.strategy.name})", metrics.get(main_metric))]
-    if baseline in metrics:
-        rows.append(("trivial baseline", metrics[baseline]))
-    if cfg.integration.name != "text_prompt" and tp_file.exists():
-        rows.append(("text prompt (latest run)", json.loads(tp_file.read_text()).get(main_metric)))
-    log.info("%s on %s, %s:\n%s", cfg.task.name, cfg.data.name, main_metric,
-             "\n".join(f"  {name:<32} {value:.4f}" for name, value in rows if value is not None))
+def save_final_checkpoint(trainer: L.Trainer) -> None:
+    """Write last.ckpt again, at the step training ended on.
+
+    Lightning writes last.ckpt when it validates (and at the end only if it never did), so a run
+    that stops between validations (the `max_time` budget, a step budget that is no multiple of
+    `val_check_interval`) leaves a last.ckpt older than the model it trained and then tested.
+    The evaluate stage reads last.ckpt: it has to be the model finetune ended with.
+    """
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
+        last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+        trainer.save_checkpoint(last, weights_only=callback.save_weights_only)
 
 
 if __name__ == "__main__":

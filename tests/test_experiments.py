@@ -58,9 +58,23 @@ def test_experiment_composes_for_every_stage(experiment, stage, tmp_path):
     if experiment in PAPER:
         assert cfg.data.name == PAPER[experiment]
         assert (cfg.data.min_events, cfg.data.history_len) == (52, 50)
-    if stage in ("pretrain", "finetune"):
+    if stage in ("pretrain", "finetune", "evaluate"):
         assert Path(cfg.run_dir) == tmp_path / "run"
         assert Path(cfg.result_dir).is_relative_to(tmp_path / cfg.data.name)  # the stable stage folder
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_evaluate_reads_the_checkpoints_finetune_writes(experiment, tmp_path):
+    """evaluate composes finetune's config: the same overrides select the same model and its folder,
+    and evaluate writes its results beside finetune's, never into them."""
+    overrides = [f"experiment={experiment}", "task=next_item", "integration=soft_prompt", f"paths.output_dir={tmp_path}"]
+    finetune = compose_stage("finetune", overrides, tmp_path)
+    evaluate = compose_stage("evaluate", overrides, tmp_path)
+    assert (evaluate.stage, evaluate.ckpt, finetune.test_after_fit) == ("evaluate", "last", True)
+    assert evaluate.checkpoint_dir == finetune.checkpoint_dir == f"{finetune.result_dir}/checkpoints"
+    assert Path(evaluate.result_dir) == tmp_path / finetune.data.name / "evaluate" / "next_item" / "soft_prompt"
+    for key in ("data", "encoder", "llm", "integration", "perceiver", "strategy", "task", "trainer", "max_eval_users"):
+        assert evaluate[key] == finetune[key], key
 
 
 @pytest.mark.parametrize("experiment", sorted(PAPER))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,29 @@ def test_report_gathers_every_stage_with_tables_and_plots(outputs):
     assert pngs == ["cost.png", "finetune_curves.png", "pretrain_curves.png", "sweep_history.png"]
     for name in pngs:
         assert_valid_png(outputs / "report" / name)
+
+
+def test_stage2_rows_come_from_the_newer_of_finetune_and_evaluate(outputs):
+    """evaluate's result where it is newer (or as new); finetune's where it tested after it; and
+    where finetune trained without testing after the last evaluate, no score but the command."""
+    stage = outputs / DATASET
+    tested = {"test/accuracy": 0.7, "test/majority_accuracy": 0.5}
+    for task, integration, finetune_time, evaluate_time in [("favorite_genre", "cross_attention", 1, 2),
+                                                            ("favorite_genre", "text_prompt", 2, 1),
+                                                            ("next_item", "soft_prompt", 2, 1)]:
+        path = stage / "evaluate" / task / integration / "metrics.json"
+        write(path, json.dumps(tested))
+        os.utime(path, (1e9 + evaluate_time,) * 2)
+        os.utime(stage / "finetune" / task / integration / "metrics.json", (1e9 + finetune_time,) * 2)
+    untested = stage / "finetune" / "next_item" / "soft_prompt" / "metrics.json"
+    write(untested, json.dumps({"train/loss": 1.0}))
+    os.utime(untested, (1e9 + 2,) * 2)
+    text = write_report(stage, outputs / "report.md", DATASET).read_text()
+    assert ("| favorite_genre | cross_attention | test/accuracy | 0.7000 | test/majority_accuracy | 0.5000 | +0.1000 "
+            "| evaluate |") in text
+    assert "| favorite_genre | text_prompt | test/accuracy | 0.6000 | test/majority_accuracy | 0.5000 |  | finetune |" in text
+    assert "| next_item | soft_prompt | test/recall@10 |  | test/pop_recall@10 |  |  | not tested |" in text
+    assert 'not run yet: `make evaluate DATA=movielens_100k ARGS="task=next_item integration=soft_prompt"`' in text
 
 
 def test_empty_outputs_tree_lists_the_command_for_every_stage(tmp_path):

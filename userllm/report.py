@@ -3,7 +3,8 @@
 It reads only what the stages leave under the dataset's stage folder (`outputs/<dataset>/`):
 
     pretrain/metrics.json                           the encoder beside the popularity baseline
-    finetune/<task>/<integration>/metrics.json      User-LLM and TP beside the task's trivial baseline
+    finetune/<task>/<integration>/metrics.json      User-LLM and TP beside the task's trivial baseline,
+    evaluate/<task>/<integration>/metrics.json        as tested at the end of training or apart (the newer)
     multirun/<stage>/<time>/summary.csv             the newest sweep; quality against history length
     benchmark/cost.md (or cost.csv), cost.png       inference cost against TP
     runs/<stage>/<time>/csv/version_0/metrics.csv   training curves of the newest pretrain/finetune run
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 TEXT_PROMPT = "text_prompt"
+STAGE2 = ("evaluate", "finetune")
+"""The stages that write stage-2 test results, evaluate first: it wins when both files are as new."""
 HISTORY = "data.history_len"
 
 
@@ -190,30 +193,53 @@ def encoder_rows(metrics: dict[str, float]) -> list[dict[str, Any]]:
 
 def finetune_section(ctx: Context) -> str:
     """Stage 2: every task x integration's headline metric beside its trivial baseline and TP."""
-    text = "## User-LLM against baselines (stage 2: finetune)\n\n"
-    paths = sorted((ctx.stage_dir / "finetune").glob("*/*/metrics.json"))
-    results = {(p.parent.parent.name, p.parent.name): read_metrics(p) for p in paths}
+    text = "## User-LLM against baselines (stage 2: finetune, evaluate)\n\n"
+    keys = sorted({(p.parent.parent.name, p.parent.name)
+                   for stage in STAGE2 for p in (ctx.stage_dir / stage).glob("*/*/metrics.json")})
+    results = {key: result for key in keys if (result := stage2_result(ctx.stage_dir, *key)) is not None}
     if not results:
         return text + ctx.not_run("finetune") + "\n" + ctx.not_run("finetune-tp")
-    text += (f"Test split, from `{ctx.relative(ctx.stage_dir / 'finetune')}/<task>/<integration>/metrics.json`; "
-             "`vs TP` is the difference to the text-prompt baseline on the same task.\n\n")
+    text += (f"Test split, from `{ctx.relative(ctx.stage_dir)}/<stage>/<task>/<integration>/metrics.json` of the "
+             "stage named in `tested by`; `vs TP` is the difference to the text-prompt baseline on the same task.\n\n")
     text += markdown_table(finetune_rows(results))
+    untested = [key for key, (_, metrics) in results.items() if not is_tested(metrics)]
+    text += "".join("\n" + ctx.not_run("evaluate", f' ARGS="task={t} integration={i}"') for t, i in untested)
     missing_tp = sorted({task for task, _ in results} - {task for task, i in results if i == TEXT_PROMPT})
     return text + "".join("\n" + ctx.not_run("finetune-tp", f' ARGS="task={task}"') for task in missing_tp)
 
 
-def finetune_rows(results: dict[tuple[str, str], dict[str, float]]) -> list[dict[str, Any]]:
+def stage2_result(stage_dir: Path, task: str, integration: str) -> tuple[str, dict[str, float]] | None:
+    """The newest metrics.json of one task x integration among the stages that test stage 2, and
+    that stage's name; None where neither wrote one.
+
+    finetune tests at the end of training (unless `test_after_fit=false`), evaluate tests a saved
+    checkpoint apart. The newer file (by modification time: these stable folders have no run
+    timestamp in their names) describes the newer model, evaluate's on a tie: an evaluate
+    result older than the last finetune run scored a model that has since been retrained, so a
+    finetune that did not test stands for "not tested yet" (see `is_tested`), not for the old score.
+    """
+    paths = [stage_dir / stage / task / integration / "metrics.json" for stage in STAGE2]
+    newest = max((p for p in paths if p.exists()), key=lambda p: p.stat().st_mtime, default=None)  # first on a tie
+    return None if newest is None else (newest.parent.parent.parent.name, read_metrics(newest))
+
+
+def is_tested(metrics: dict[str, float]) -> bool:
+    """Whether a stage-2 metrics.json holds test metrics (finetune's holds train/val ones without a test)."""
+    return any(name.startswith("test/") for name in metrics)
+
+
+def finetune_rows(results: dict[tuple[str, str], tuple[str, dict[str, float]]]) -> list[dict[str, Any]]:
     """One row per (task, integration); within a task TP first, so User-LLM rows read against it."""
     order = sorted(results, key=lambda key: (key[0], key[1] != TEXT_PROMPT, key[1]))
     rows = []
     for task, integration in order:
-        metrics = results[(task, integration)]
+        stage, metrics = results[(task, integration)]
         metric, baseline = headline(task, metrics)
-        value, tp = metrics.get(metric), results.get((task, TEXT_PROMPT), {}).get(metric)
+        value, tp = metrics.get(metric), results.get((task, TEXT_PROMPT), ("", {}))[1].get(metric)
         vs_tp = f"{value - tp:+.4f}" if integration != TEXT_PROMPT and value is not None and tp is not None else ""
         rows.append({"task": task, "integration": integration, "metric": metric, "value": value,
                      "trivial baseline": baseline or "", "baseline value": metrics.get(baseline or ""),
-                     "vs TP": vs_tp})
+                     "vs TP": vs_tp, "tested by": stage if is_tested(metrics) else "not tested"})
     return rows
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -31,6 +32,8 @@ from userllm.modules.optim import adamw_with_schedule, decay_groups
 from userllm.tasks import Task
 
 INTEGRATIONS = ("cross_attention", "soft_prompt", "text_prompt")
+ARCHITECTURE = ("integration", "strategy", "perceiver", "cross_attention", "lora")
+"""Hyperparameters that decide which parameters exist, and so what a checkpoint of the trainable ones holds."""
 
 
 class UserLLM(L.LightningModule):
@@ -249,6 +252,33 @@ class UserLLM(L.LightningModule):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        buffers = {n for n, _ in self.named_buffers() if not n.startswith("llm.")}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable | buffers}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in self._saved_keys()}
+
+    def _saved_keys(self) -> set[str]:
+        """What a checkpoint holds: the trainable parameters and the new modules' (persistent) buffers."""
+        parameters = dict(self.named_parameters())
+        return {k for k in self.state_dict()
+                if (parameters[k].requires_grad if k in parameters else not k.startswith("llm."))}
+
+    def load_trainable(self, path: str | Path) -> int:
+        """Load a checkpoint this class saved into a model rebuilt from the same config; return its step.
+
+        The checkpoint lacks everything frozen, which comes from the config instead, so one written by
+        a model built differently (another integration, strategy, Perceiver or LoRA size) would leave
+        parameters untrained or fail on a shape deep inside: both are refused here, naming the cause.
+        """
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        saved = checkpoint.get("hyper_parameters", {})
+        differ = [f"{k}: checkpoint {saved[k]!r}, config {self.hparams.get(k)!r}"
+                  for k in ARCHITECTURE if k in saved and saved[k] != self.hparams.get(k)]
+        state = checkpoint["state_dict"]
+        expected = self._saved_keys()
+        for lacking, names in (("checkpoint", expected - set(state)), ("model", set(state) - expected)):
+            if names:
+                more = ", ..." if len(names) > 5 else ""
+                differ.append(f"parameters the {lacking} lacks: {', '.join(sorted(names)[:5])}{more}")
+        if differ:
+            raise ValueError(f"{path} was saved by a model built differently; pass the overrides finetune ran "
+                             "with:\n  " + "\n  ".join(differ))
+        self.load_state_dict(state, strict=False)
+        return int(checkpoint.get("global_step", -1))
