@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from userllm.data.issues import BadInputError, InputIssues
-from userllm.data.schema import EVENT_SCHEMA, SOURCE_LINE
+from userllm.data.schema import EVENT_SCHEMA, ITEM_SCHEMA, SOURCE_LINE
 from userllm.data.sources import READERS, read_events
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,8 +27,13 @@ def write(path: Path, lines: list[str | dict], encoding: str = "utf-8") -> Path:
 
 
 def read(fmt: str, raw_dir: Path, issues: InputIssues | None = None, **options) -> pl.DataFrame:
-    """The events sorted by line: readers keep `source_line`, not the row order."""
-    return read_events(fmt, raw_dir, issues or InputIssues(), **options).collect().sort(SOURCE_LINE)
+    """The events with their item's title and categories, sorted by line (readers keep `source_line`,
+    not the row order), after checking that both tables are canonical."""
+    source = read_events(fmt, raw_dir, issues or InputIssues(), **options)
+    assert source.events.schema == EVENT_SCHEMA and source.items.schema == ITEM_SCHEMA
+    assert source.items["item_id"].is_unique().all(), "one row per item"
+    titled = source.events.join(source.items, on="item_id", how="left")
+    return titled.select(list(canonical_schema())).sort(SOURCE_LINE)
 
 
 def tolerant() -> InputIssues:
@@ -37,7 +42,10 @@ def tolerant() -> InputIssues:
 
 
 def canonical_schema() -> dict[str, pl.DataType]:
-    return {**EVENT_SCHEMA, SOURCE_LINE: pl.Int64()}
+    """The columns of `read`: every event with its item's title and categories."""
+    names = ["user_id", "item_id", "timestamp", "rating", "title", "categories", "review_title", "review_text",
+             SOURCE_LINE]
+    return {name: {**EVENT_SCHEMA, **ITEM_SCHEMA}[name] for name in names}
 
 
 # --- MovieLens-100K, in both layouts ------------------------------------------------------------

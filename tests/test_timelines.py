@@ -9,7 +9,7 @@ import pytest
 
 from userllm.data.issues import InputIssues
 from userllm.data.timelines import UNKNOWN, Protocol, fingerprint, is_current, prepare
-from tests.conftest import make_events
+from tests.conftest import make_source
 
 
 def user_items(timelines, user_id: str) -> list[str]:
@@ -70,7 +70,7 @@ def test_vocabularies_reserve_padding_and_unknown(build_timelines):
 
 def test_prepare_is_atomic_and_fingerprinted(tmp_path):
     out = tmp_path / "processed" / "ds"
-    prepare(make_events([("u", i, i, 1.0) for i in range(4)]), out, Protocol(3), InputIssues(), "abc")
+    prepare(make_source([("u", i, i, 1.0) for i in range(4)]), out, Protocol(3), InputIssues(), "abc")
     assert is_current(out, "abc") and not is_current(out, "other")
     assert not list(out.parent.glob(".ds*")), "no temp folder left behind"
     meta = json.loads((out / "meta.json").read_text())

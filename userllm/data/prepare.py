@@ -66,10 +66,10 @@ def prepare_dataset(spec: DatasetSpec, force: bool = False) -> Path:
     start = time.perf_counter()
     log.info("reading %s with the %s reader", raw_dir, spec.reader)
     issues = InputIssues(strict=spec.strict, max_bad_fraction=spec.max_bad_fraction)
-    events = read_events(spec.reader, raw_dir, issues, **spec.reader_options)
+    source = read_events(spec.reader, raw_dir, issues, **spec.reader_options)
     log.info("building timelines (min_events=%d)", spec.min_events)
     prepare(
-        events,
+        source,
         out_dir,
         protocol,
         issues,

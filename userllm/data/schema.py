@@ -1,30 +1,35 @@
-"""The canonical events table every reader produces and every later step consumes.
+"""The canonical tables every reader produces and every later step consumes.
 
-Readers own the quirks of a raw format; everything after them sees only these columns.
+Readers own the quirks of a raw format; everything after them sees only these columns: the events,
+one row per interaction, and the items, one row per item the source describes. Titles and
+categories live only in the item table: copied onto every event, they were most of the memory a
+20M-row dataset took, and the timelines need them once per item anyway.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import polars as pl
 
-REQUIRED_COLUMNS: dict[str, pl.DataType] = {
+# Row provenance the readers attach so that bad rows and ties can be traced to the file.
+SOURCE_LINE = "source_line"  # 1-based line number in the raw interactions file
+
+EVENT_SCHEMA: dict[str, pl.DataType] = {
     "user_id": pl.String(),
     "item_id": pl.String(),
     "timestamp": pl.Int64(),  # seconds since the epoch, UTC
     "rating": pl.Float32(),  # null where the source has none
-}
-
-OPTIONAL_COLUMNS: dict[str, pl.DataType] = {
-    "title": pl.String(),
-    "categories": pl.List(pl.String()),
-    "review_title": pl.String(),
+    "review_title": pl.String(),  # null where the source has none, as the review text
     "review_text": pl.String(),
+    SOURCE_LINE: pl.Int64(),
 }
 
-EVENT_SCHEMA: dict[str, pl.DataType] = {**REQUIRED_COLUMNS, **OPTIONAL_COLUMNS}
-
-# Row provenance the readers attach so that bad rows and ties can be traced to the file.
-SOURCE_LINE = "source_line"  # 1-based line number in the raw interactions file, u32/i64
+ITEM_SCHEMA: dict[str, pl.DataType] = {
+    "item_id": pl.String(),
+    "title": pl.String(),  # null where the source has none
+    "categories": pl.List(pl.String()),  # in the source's order; null or empty where it has none
+}
 
 # Timestamps outside this window are treated as corrupt: before 1990 there were no web logs to speak
 # of, and anything after 2100 is a unit error (milliseconds or microseconds read as seconds).
@@ -32,18 +37,19 @@ MIN_TIMESTAMP = 631_152_000  # 1990-01-01
 MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01
 
 
-def to_canonical(frame: pl.LazyFrame, extra: list[str] | None = None) -> pl.LazyFrame:
-    """Cast to the canonical dtypes, add missing optional columns as nulls, fix the column order.
+@dataclass(frozen=True)
+class SourceData:
+    """What a reader hands on: the good events (`EVENT_SCHEMA`, in no guaranteed row order) and the
+    items (`ITEM_SCHEMA`, one row per item id; empty where the source lists none)."""
 
-    `extra` columns (a reader's bookkeeping) are kept after the canonical ones, as they are.
-    """
+    events: pl.DataFrame
+    items: pl.DataFrame
+
+
+def to_canonical(frame: pl.LazyFrame, schema: dict[str, pl.DataType] = EVENT_SCHEMA) -> pl.LazyFrame:
+    """Cast to `schema`'s dtypes, add its missing columns as nulls, drop the rest, fix the order."""
     names = frame.collect_schema().names()
-    columns = []
-    for name, dtype in EVENT_SCHEMA.items():
-        if name in names:
-            columns.append(pl.col(name).cast(dtype))
-        else:
-            columns.append(pl.lit(None, dtype=dtype).alias(name))
-    if SOURCE_LINE in names:
-        columns.append(pl.col(SOURCE_LINE).cast(pl.Int64))
-    return frame.select(*columns, *(extra or []))
+    return frame.select(
+        pl.col(name).cast(dtype) if name in names else pl.lit(None, dtype=dtype).alias(name)
+        for name, dtype in schema.items()
+    )

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from userllm.data.issues import InputIssues
-from userllm.data.schema import SOURCE_LINE
+from userllm.data.schema import SOURCE_LINE, SourceData
 
 log = logging.getLogger(__name__)
 
@@ -117,25 +117,21 @@ class Timelines:
         )
 
 
-def build(events: pl.LazyFrame, protocol: Protocol, issues: InputIssues) -> dict[str, pl.DataFrame | dict]:
-    """Turn canonical events into the artifact tables and the statistics for `meta.json`.
+def build(source: SourceData, protocol: Protocol, issues: InputIssues) -> dict[str, pl.DataFrame | dict]:
+    """Turn a reader's events and items into the artifact tables and the statistics for `meta.json`.
 
     Steps, in order: drop exact duplicate events (first one in file order kept), drop users with
     fewer than `protocol.min_events` events, sort each user's events by time (stable on ties), and
     map every feature to integer ids (0 padding, 1 unknown; items by descending frequency).
 
-    User and item ids become integer codes first (their rank among the sorted ids) and titles and
-    categories move to a per-item table, so that the steps over every event (sort, dedupe, filter)
-    touch a few numeric columns: on the text columns they took most of the time and memory.
+    User and item ids become integer codes first (their rank among the sorted ids), so that the
+    steps over every event (sort, dedupe, filter) touch a few numeric columns: on the text columns
+    they took most of the time and memory.
     """
-    names = events.collect_schema().names()
-    if SOURCE_LINE not in names:
-        events = events.with_row_index(SOURCE_LINE, offset=1)
-    frame = events.collect(engine="streaming")
+    frame = source.events
     rows_in = frame.height
     user_ids, item_ids = frame["user_id"].unique().sort(), frame["item_id"].unique().sort()
     frame = frame.with_columns(_code("user_id", user_ids).alias("user"), _code("item_id", item_ids).alias("item"))
-    item_info = _item_info(frame)
     reviews = ["review_title", "review_text"] if _has_reviews(frame) else []  # carried only if present
     frame = frame.select("user", "item", "timestamp", "rating", SOURCE_LINE, *reviews).sort(
         "user", "timestamp", SOURCE_LINE
@@ -154,7 +150,7 @@ def build(events: pl.LazyFrame, protocol: Protocol, issues: InputIssues) -> dict
             f"{short_users.height} users with fewer than data.min_events={protocol.min_events} events"
         )
 
-    items = _item_table(frame, item_info, item_ids)
+    items = _item_table(frame, source.items, item_ids)
     categories = _category_vocab(items)
     ratings = frame["rating"].drop_nulls().unique().sort()
     items = items.with_columns(category=_ids(pl.col("categories").list.first(), categories))
@@ -206,20 +202,6 @@ def _has_reviews(frame: pl.DataFrame) -> bool:
     return frame.select(pl.col("review_text").is_not_null().any() | pl.col("review_title").is_not_null().any()).item()
 
 
-def _item_info(frame: pl.DataFrame) -> pl.DataFrame:
-    """Title and categories per item code: the first non-null of each, read before they are dropped.
-
-    Picks rows by mask instead of aggregating: a group-by over every event's title and category
-    list copied them all and doubled the peak memory on 20M events.
-    """
-    firsts = [
-        frame.filter(pl.when(pl.col(name).is_not_null()).then("item").is_first_distinct() & pl.col(name).is_not_null())
-        .select("item", name)
-        for name in ("title", "categories")
-    ]
-    return firsts[0].join(firsts[1], on="item", how="full", coalesce=True)
-
-
 def _duplicates(frame: pl.DataFrame) -> pl.Series:
     """Rows that repeat an earlier row's user, item, timestamp and rating, in a time-sorted frame.
 
@@ -234,20 +216,21 @@ def _duplicates(frame: pl.DataFrame) -> pl.Series:
     return pl.Series(np.zeros(frame.height, bool)).scatter(repeats, True)
 
 
-def _item_table(frame: pl.DataFrame, item_info: pl.DataFrame, item_ids: pl.Series) -> pl.DataFrame:
+def _item_table(frame: pl.DataFrame, listed: pl.DataFrame, item_ids: pl.Series) -> pl.DataFrame:
     """One row per item with its code, title, categories and event count; ids by descending count.
 
     Codes are ranks among the sorted item ids, so ordering ties by code orders them by item id.
+    Title and categories come from the source's item table (`listed`); an item it lacks has none.
     """
     items = (
         frame.group_by(pl.col("item").alias("code"))
         .len("count")
         .sort(["count", "code"], descending=[True, False])
         .with_row_index("item", offset=2)
-        .join(item_info.rename({"item": "code"}), on="code", how="left", maintain_order="left")
     )
-    return items.with_columns(
-        pl.col("item").cast(pl.Int32), item_ids.gather(items["code"]).alias("item_id"), pl.col("categories").fill_null([])
+    items = items.with_columns(pl.col("item").cast(pl.Int32), item_ids.gather(items["code"]).alias("item_id"))
+    return items.join(listed, on="item_id", how="left", maintain_order="left").with_columns(
+        pl.col("categories").fill_null([])
     )
 
 
@@ -288,7 +271,7 @@ def _rating_label(value: float) -> str:
 
 
 def prepare(
-    events: pl.LazyFrame,
+    source: SourceData,
     out_dir: Path,
     protocol: Protocol,
     issues: InputIssues,
@@ -297,7 +280,7 @@ def prepare(
 ) -> Path:
     """Build the timelines and write them to `out_dir` atomically (temp folder, then rename)."""
     start = time.perf_counter()
-    tables = build(events, protocol, issues)
+    tables = build(source, protocol, issues)
     stats = tables.pop("stats")
     meta = {
         "format_version": FORMAT_VERSION,

@@ -1,8 +1,9 @@
-"""One reader per raw format family, each ending in the canonical events table (`schema.py`).
+"""One reader per raw format family, each ending in the canonical tables (`schema.py`).
 
-A dataset's quirks live only here: everything downstream sees `user_id, item_id, timestamp, rating,
-title, categories, review_title, review_text, source_line`. Readers return lazy frames, report bad
-rows to the `InputIssues` they are given, and raise `BadInputError` for files they cannot use.
+A dataset's quirks live only here: everything downstream sees the events `user_id, item_id,
+timestamp, rating, review_title, review_text, source_line` and the items `item_id, title,
+categories`. Readers return both as a `SourceData`, report bad rows to the `InputIssues` they are
+given, and raise `BadInputError` for files they cannot use.
 """
 
 from __future__ import annotations
@@ -11,15 +12,14 @@ import inspect
 from collections.abc import Callable
 from pathlib import Path
 
-import polars as pl
-
 from userllm.data.issues import BadInputError, InputIssues
+from userllm.data.schema import SourceData
 from userllm.data.sources.amazon import read_amazon_2018, read_amazon_2023
 from userllm.data.sources.google_local import read_google_local
 from userllm.data.sources.movielens import read_movielens_1m, read_movielens_100k, read_movielens_csv
 from userllm.data.sources.recbole import read_recbole
 
-READERS: dict[str, Callable[..., pl.LazyFrame]] = {
+READERS: dict[str, Callable[..., SourceData]] = {
     "movielens_100k": read_movielens_100k,
     "movielens_1m": read_movielens_1m,
     "movielens_20m": read_movielens_csv,  # also ml-25m and ml-latest: same files
@@ -30,12 +30,11 @@ READERS: dict[str, Callable[..., pl.LazyFrame]] = {
 }
 
 
-def read_events(fmt: str, raw_dir: Path, issues: InputIssues, **options) -> pl.LazyFrame:
-    """The canonical events of the `fmt` files in `raw_dir`; `options` go to that format's reader.
+def read_events(fmt: str, raw_dir: Path, issues: InputIssues, **options) -> SourceData:
+    """The canonical events and items of the `fmt` files in `raw_dir`; `options` go to that format's reader.
 
     An unknown format or option fails here, naming what is accepted, before any file is opened.
-    Rows come in no guaranteed order (keeping it would slow the join with the items by a third):
-    sort by `source_line` for the file's order.
+    Events come in no guaranteed order: sort by `source_line` for the file's order.
     """
     if fmt not in READERS:
         raise BadInputError(f"unknown source format {fmt!r} (expected one of: {', '.join(READERS)})")

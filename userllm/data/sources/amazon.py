@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 
 from userllm.data.issues import InputIssues
+from userllm.data.schema import SourceData
 from userllm.data.sources.jsonlines import ReviewDump, read_review_dump
 from userllm.data.sources.rawfiles import find_file, json_names
 from userllm.data.sources.rows import is_blank
@@ -50,7 +51,7 @@ AMAZON_2023 = ReviewDump(
 )
 
 
-def read_amazon_2018(raw_dir: Path, issues: InputIssues, category: str = "Movies_and_TV") -> pl.LazyFrame:
+def read_amazon_2018(raw_dir: Path, issues: InputIssues, category: str = "Movies_and_TV") -> SourceData:
     """`<category>.json.gz` (all reviews) or `<category>_5.json.gz` (5-core), with `meta_<category>`.
 
     The full file wins when both are there: the timeline step applies its own minimum.
@@ -60,7 +61,7 @@ def read_amazon_2018(raw_dir: Path, issues: InputIssues, category: str = "Movies
     return read_review_dump(reviews, meta, AMAZON_2018, issues)
 
 
-def read_amazon_2023(raw_dir: Path, issues: InputIssues, category: str = "Movies_and_TV") -> pl.LazyFrame:
+def read_amazon_2023(raw_dir: Path, issues: InputIssues, category: str = "Movies_and_TV") -> SourceData:
     """`<category>.jsonl.gz` with `meta_<category>.jsonl.gz`."""
     reviews = find_file(raw_dir, json_names(category), f"Amazon 2023 reviews of {category}")
     meta = find_file(raw_dir, json_names(f"meta_{category}"), f"Amazon 2023 metadata of {category}")

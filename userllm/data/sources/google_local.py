@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from userllm.data.issues import InputIssues
+from userllm.data.schema import SourceData
 from userllm.data.sources.jsonlines import ReviewDump, read_review_dump
 from userllm.data.sources.rawfiles import find_file, json_names
 
@@ -24,7 +25,7 @@ GOOGLE_LOCAL = ReviewDump(
 )
 
 
-def read_google_local(raw_dir: Path, issues: InputIssues, state: str = "New_York") -> pl.LazyFrame:
+def read_google_local(raw_dir: Path, issues: InputIssues, state: str = "New_York") -> SourceData:
     """`review-<state>.json.gz` (all reviews) or `review-<state>_10.json.gz`, with `meta-<state>`.
 
     The full file wins when both are there: the timeline step applies its own minimum.

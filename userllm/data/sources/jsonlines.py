@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from userllm.data.issues import InputIssues
-from userllm.data.schema import SOURCE_LINE
+from userllm.data.schema import SOURCE_LINE, SourceData
 from userllm.data.sources.rawfiles import LINE, scan_lines
 from userllm.data.sources.rows import Check, finish_events, finish_items, is_blank
 
@@ -42,8 +42,8 @@ class ReviewDump:
     item_columns: Mapping[str, pl.Expr]
 
 
-def read_review_dump(reviews: Path, meta: Path, dump: ReviewDump, issues: InputIssues) -> pl.LazyFrame:
-    """Canonical events from a reviews file, titled and categorised from its meta file."""
+def read_review_dump(reviews: Path, meta: Path, dump: ReviewDump, issues: InputIssues) -> SourceData:
+    """Canonical events from a reviews file, and items from its meta file."""
     item_fields = {dump.item_id: pl.String(), **dump.item_fields}
     items, item_checks = scan_json_lines(meta, item_fields)
     items = items.with_columns(pl.col(dump.item_id).alias("item_id"), **dump.item_columns)

@@ -8,12 +8,13 @@ Genres come as flags (ml-100k) or `|`-separated names; the placeholders "unknown
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
 
 from userllm.data.issues import BadInputError, InputIssues
-from userllm.data.schema import to_canonical
+from userllm.data.schema import SourceData
 from userllm.data.sources.rawfiles import (
     check_header, field_count_check, find_file, scan_csv_strings, scan_lines, split_fields, split_list,
 )
@@ -28,19 +29,19 @@ _NO_GENRES = ["unknown", "(no genres listed)"]
 _EVENT_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
 
 
-def read_movielens_100k(raw_dir: Path, issues: InputIssues) -> pl.LazyFrame:
+def read_movielens_100k(raw_dir: Path, issues: InputIssues) -> SourceData:
     """RecBole's `ml-100k.inter`/`.item` when present, else GroupLens' `u.data`/`u.item`."""
     raw_dir = Path(raw_dir)
     if (raw_dir / "ml-100k.inter").is_file():
-        events = read_recbole(raw_dir, issues, name="ml-100k")
-        return to_canonical(events.with_columns(_without_placeholders(pl.col("categories"))))
+        source = read_recbole(raw_dir, issues, name="ml-100k")
+        return replace(source, items=source.items.with_columns(_without_placeholders(pl.col("categories"))))
     if (raw_dir / "u.data").is_file():
         return _read_grouplens_100k(raw_dir, issues)
     raise BadInputError(f"{raw_dir}: no MovieLens-100K found (expected ml-100k.inter and ml-100k.item "
                         "from RecBole, or u.data and u.item from GroupLens)")
 
 
-def _read_grouplens_100k(raw_dir: Path, issues: InputIssues) -> pl.LazyFrame:
+def _read_grouplens_100k(raw_dir: Path, issues: InputIssues) -> SourceData:
     """u.data: tab-separated `user item rating timestamp`; u.item: `|`-separated, latin-1."""
     movies_path = find_file(raw_dir, ["u.item"], "ml-100k movie list")
     flags = [f"_genre_{i}" for i in range(len(GENRES_100K))]
@@ -54,7 +55,7 @@ def _read_grouplens_100k(raw_dir: Path, issues: InputIssues) -> pl.LazyFrame:
                            field_count_check(len(columns), "|"))
 
 
-def read_movielens_1m(raw_dir: Path, issues: InputIssues) -> pl.LazyFrame:
+def read_movielens_1m(raw_dir: Path, issues: InputIssues) -> SourceData:
     """ratings.dat `UserID::MovieID::Rating::Timestamp`, movies.dat `MovieID::Title::Genres` (latin-1)."""
     movies_path = find_file(raw_dir, ["movies.dat"], "ml-1m movie list")
     movies = split_fields(scan_lines(movies_path, "latin-1"), "::", ["item_id", "title", "genres"])
@@ -64,7 +65,7 @@ def read_movielens_1m(raw_dir: Path, issues: InputIssues) -> pl.LazyFrame:
                            field_count_check(4, "::"), field_count_check(3, "::"))
 
 
-def read_movielens_csv(raw_dir: Path, issues: InputIssues) -> pl.LazyFrame:
+def read_movielens_csv(raw_dir: Path, issues: InputIssues) -> SourceData:
     """ratings.csv `userId,movieId,rating,timestamp` and movies.csv `movieId,title,genres`.
 
     Read natively by polars, which matters: ml-20m has 20M ratings and ml-25m 25M.
@@ -80,8 +81,8 @@ def read_movielens_csv(raw_dir: Path, issues: InputIssues) -> pl.LazyFrame:
 
 
 def _read_movielens(ratings: pl.LazyFrame, ratings_path: Path, movies: pl.LazyFrame, movies_path: Path,
-                    issues: InputIssues, ratings_check: Check, movies_check: Check) -> pl.LazyFrame:
-    """Check both files and join them: what every MovieLens release shares past its parsing."""
+                    issues: InputIssues, ratings_check: Check, movies_check: Check) -> SourceData:
+    """Check both files: what every MovieLens release shares past its parsing."""
     movies = finish_items(movies, [movies_check], movies_path, issues, "item_id", "MovieLens movies")
     fields = {name: name for name in _EVENT_COLUMNS}  # the releases disagree on names; ours are neutral
     return finish_events(ratings, [ratings_check], ratings_path, issues, fields=fields, what="MovieLens ratings",

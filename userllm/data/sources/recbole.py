@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 
 from userllm.data.issues import BadInputError, InputIssues
+from userllm.data.schema import SourceData
 from userllm.data.sources.rawfiles import (
     field_count_check, find_file, first_line, scan_lines, split_fields, split_list,
 )
@@ -24,8 +25,8 @@ _CATEGORY_FIELDS = ("class", "genre", "categories")
 _WHAT = "RecBole atomic file (tab-separated, header of field:type)"
 
 
-def read_recbole(raw_dir: Path, issues: InputIssues, name: str) -> pl.LazyFrame:
-    """Canonical events from `<name>.inter`, titled and categorised from `<name>.item` if present."""
+def read_recbole(raw_dir: Path, issues: InputIssues, name: str) -> SourceData:
+    """Canonical events from `<name>.inter`, and items from `<name>.item` if present."""
     inter = find_file(raw_dir, [f"{name}.inter"], f"RecBole interactions of {name}")
     fields = _header(inter)
     missing = [field for field in _REQUIRED if field not in fields]
@@ -53,7 +54,7 @@ def _scan(path: Path, fields: list[str]) -> pl.LazyFrame:
     return split_fields(scan_lines(path), "\t", fields).filter(pl.col("source_line") > 1)
 
 
-def _read_items(path: Path, issues: InputIssues) -> pl.LazyFrame:
+def _read_items(path: Path, issues: InputIssues) -> pl.DataFrame:
     """Items with a title and categories, where the header has fields that hold them.
 
     RecBole's MovieLens files split "Toy Story (1995)" into movie_title and release_year; they are

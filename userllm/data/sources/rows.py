@@ -1,11 +1,11 @@
-"""Vectorised row checks shared by every reader, and the join of events with the item table.
+"""Vectorised row checks shared by every reader, and the canonical tables they end in.
 
 A reader scans its files into text columns named canonically, plus `source_line`; then
 `finish_items` checks and deduplicates the item table, and `finish_events` types the events, says
-which rows are bad and why, adds title and categories, and ends in the canonical schema. Each file
-is read once: bad rows are reported to `InputIssues` from that pass, and the good rows stay in memory
-behind a lazy frame (the timelines need all of them anyway).
-Keeping detection in polars expressions is what lets a 20M-row file be checked in seconds.
+which rows are bad and why (an event of an item the item table lacks included) and ends in the
+canonical `SourceData`. Each file is scanned once: one streaming pass yields both the good rows and,
+per kind of bad row, its count and first lines for `InputIssues`. Keeping detection in polars
+expressions is what lets a 20M-row file be checked in seconds.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from pathlib import Path
 import polars as pl
 
 from userllm.data.issues import BadInputError, InputIssues
-from userllm.data.schema import MAX_TIMESTAMP, MIN_TIMESTAMP, SOURCE_LINE, to_canonical
+from userllm.data.schema import (
+    EVENT_SCHEMA, ITEM_SCHEMA, MAX_TIMESTAMP, MIN_TIMESTAMP, SOURCE_LINE, SourceData, to_canonical,
+)
 
-ITEM_COLUMNS = ("item_id", "title", "categories")
 _REASON = "_reason"
 _TIME_UNITS = {"s": ("seconds", 1), "ms": ("milliseconds", 1000)}
-_IN_META = "_in_meta"
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,18 +34,22 @@ class Check:
     expected: str
 
 
-def drop_bad_rows(frame: pl.LazyFrame, checks: Sequence[Check], path: Path, issues: InputIssues,
-                  what: str) -> pl.LazyFrame:
-    """Report the rows of `path` that break a check (first broken check wins) and drop them.
+def drop_bad_rows(frame: pl.LazyFrame, checks: Sequence[Check], path: Path, issues: InputIssues, what: str,
+                  schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """The rows of `path` that break no check, in `schema`; the others are reported (first broken check wins).
 
-    Reads the file once, in canonical form plus the broken check's index, and reports from that
-    frame in memory: the timelines read every row anyway, and a separate counting pass over the
-    file cost as much as everything after it. The returned frame is a lazy view of the good rows.
+    The good rows and the statistics of the bad ones come out of one streaming pass (polars
+    shares the scan between the two results): no second pass over the file, and no column of
+    reasons kept beside 20M good rows.
     """
-    flagged = to_canonical(_flag(frame, checks), extra=[_REASON]).collect(engine="streaming")
-    bad = _report(flagged.lazy(), checks, path, issues, what)
-    good = flagged.filter(pl.col(_REASON).is_null()) if bad else flagged
-    return good.drop(_REASON).lazy()
+    flagged = _flag(frame, checks)
+    good = to_canonical(flagged.filter(pl.col(_REASON).is_null()), schema)
+    stats = flagged.group_by(_REASON).agg(
+        pl.len().alias("rows"), pl.col(SOURCE_LINE).bottom_k(issues.max_examples).sort().alias("lines")
+    )
+    good, stats = pl.collect_all([good, stats], engine="streaming")
+    _report(stats, checks, path, issues, what)
+    return good
 
 
 def _flag(frame: pl.LazyFrame, checks: Sequence[Check]) -> pl.LazyFrame:
@@ -54,26 +58,19 @@ def _flag(frame: pl.LazyFrame, checks: Sequence[Check]) -> pl.LazyFrame:
     return frame.with_columns(reason.alias(_REASON))
 
 
-def _report(flagged: pl.LazyFrame, checks: Sequence[Check], path: Path, issues: InputIssues, what: str) -> int:
-    """Count and locate the flagged rows, earliest first, so strict mode names the first bad line.
+def _report(stats: pl.DataFrame, checks: Sequence[Check], path: Path, issues: InputIssues, what: str) -> None:
+    """Report the bad rows counted in `stats` (rows and first lines per check), earliest first, so
+    that strict mode names the first bad line.
 
-    A file without a single row is a hard error: nothing sensible can be built from it. Returns
-    the number of bad rows.
+    A file without a single row is a hard error: nothing sensible can be built from it.
     """
-    stats = (
-        flagged.group_by(_REASON)
-        .agg(pl.len().alias("rows"), pl.col(SOURCE_LINE).bottom_k(issues.max_examples).sort().alias("lines"))
-        .collect(engine="streaming")
-    )
     total = int(stats["rows"].sum())
     if total == 0:
         raise BadInputError(f"{path}: no rows (expected {what})")
     bad = stats.filter(pl.col(_REASON).is_not_null()).sort(pl.col("lines").list.first())
     for code, rows, lines in bad.iter_rows():
         issues.report(checks[code].reason, path, lines, total=rows, expected=checks[code].expected)
-    bad_rows = int(bad["rows"].sum())
-    issues.check_share(path, bad_rows, total)
-    return bad_rows
+    issues.check_share(path, int(bad["rows"].sum()), total)
 
 
 def is_blank(column: str) -> pl.Expr:
@@ -119,42 +116,39 @@ def _not_a_number(text: str, parsed: str) -> pl.Expr:
 
 
 def finish_items(items: pl.LazyFrame, checks: Sequence[Check], path: Path, issues: InputIssues,
-                 id_field: str, what: str) -> pl.LazyFrame:
-    """Drop bad item rows, keep the first row per item id, and hold the result in memory.
+                 id_field: str, what: str) -> pl.DataFrame:
+    """The good rows of an item file in canonical form, the first row per item id.
 
     The item table is small beside its meta file (Amazon's carries descriptions, images, ranks),
-    and the events are joined with it twice, so one pass over the file beats re-reading it.
-    Amazon 2018 meta files list some products twice; the first entry is as good as any and keeping
-    one is what stops the join from duplicating events.
+    so it is held in memory. Amazon 2018 meta files list some products twice; the first entry is
+    as good as any, and one row per item is what the item table promises.
     """
     item_checks = [*checks, Check(f"missing field {id_field}", is_blank("item_id"), "an item id")]
-    columns = [name for name in ITEM_COLUMNS if name in items.collect_schema().names()]
-    flagged = _flag(items, item_checks).select(*columns, SOURCE_LINE, _REASON).collect(engine="streaming")
-    _report(flagged.lazy(), item_checks, path, issues, what)
-    good = flagged.filter(pl.col(_REASON).is_null()).unique(subset="item_id", keep="first", maintain_order=True)
-    return good.select(columns).lazy()
+    good = drop_bad_rows(items, item_checks, path, issues, what, ITEM_SCHEMA)
+    return good.unique(subset="item_id", keep="first", maintain_order=True)
 
 
-def _join_items(events: pl.LazyFrame, items: pl.LazyFrame, items_path: Path) -> tuple[pl.LazyFrame, Check]:
-    """Attach the item table's columns to each event, and the check for items it does not list."""
-    # Keeping the left order costs a third of the join on 20M rows; `source_line` keeps it anyway.
-    joined = events.join(items.with_columns(pl.lit(True).alias(_IN_META)), on="item_id", how="left")
-    check = Check("item not in meta file", pl.col(_IN_META).is_null(), f"an item listed in {items_path.name}")
-    return joined, check
+def _unlisted(items: pl.DataFrame, items_path: Path) -> Check:
+    """The check for events of items that `items` does not list: a lookup in a set of ids, where a
+    join would copy every title and category list onto every event."""
+    unlisted = ~pl.col("item_id").is_in(items["item_id"].implode())
+    return Check("item not in meta file", unlisted, f"an item listed in {items_path.name}")
 
 
 def finish_events(events: pl.LazyFrame, checks: Sequence[Check], path: Path, issues: InputIssues, *,
-                  fields: Mapping[str, str], what: str, items: pl.LazyFrame | None = None,
+                  fields: Mapping[str, str], what: str, items: pl.DataFrame | None = None,
                   items_path: Path | None = None, time_unit: str = "s",
-                  rating_required: bool = True) -> pl.LazyFrame:
-    """Type and check the events of `path`, attach `items`, drop bad rows, end in canonical form.
+                  rating_required: bool = True) -> SourceData:
+    """Type and check the events of `path`, drop the bad ones, and pair them with `items`.
 
     `checks` are the format's own (malformed lines); they come before the field checks so that a
-    broken line is reported as broken rather than as missing every field.
+    broken line is reported as broken rather than as missing every field. With `items` (the
+    finished item file at `items_path`), an event of an item it does not list is bad.
     """
     events, field_checks = _typed_events(events, fields, time_unit, rating_required)
     checks = [*checks, *field_checks]
-    if items is not None:
-        events, in_meta = _join_items(events, items, items_path)
-        checks.append(in_meta)
-    return drop_bad_rows(events, checks, path, issues, what)
+    if items is None:
+        items = pl.DataFrame(schema=ITEM_SCHEMA)
+    else:
+        checks.append(_unlisted(items, items_path))
+    return SourceData(drop_bad_rows(events, checks, path, issues, what, EVENT_SCHEMA), items)
