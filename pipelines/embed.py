@@ -61,7 +61,7 @@ def encode(
     for begin in range(0, len(starts), batch_size):
         windows = list(zip(starts[begin : begin + batch_size], stops[begin : begin + batch_size]))
         features = {
-            f: pad_rows([timelines.features[f][a:b] for a, b in windows]).to(device) for f in encoder.config.features
+            f: pad_rows([timelines.window(f, a, b) for a, b in windows]).to(device) for f in encoder.config.features
         }
         lengths = torch.tensor([b - a for a, b in windows], device=device)
         mask = torch.arange(int(lengths.max()), device=device) < lengths[:, None]

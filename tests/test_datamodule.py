@@ -99,3 +99,23 @@ def test_real_movielens_batches(ml100k_processed):
     assert batch["features"]["item"].shape == (32, 50)
     assert set(batch["features"]) == {"item", "rating", "category"}
     assert batch["targets"]["item"].dtype == torch.long
+
+
+def test_multi_valued_categories_come_from_the_item(build_timelines):
+    rows = [("a", "x", 0, 4.0, ["Drama", "War"]), ("a", "y", 1, 3.0, ["Comedy"]),
+            ("a", "z", 2, 5.0, ["Comedy", "Drama", "Romance"]), ("a", "x", 3, 2.0, ["Drama", "War"])]
+    timelines = build_timelines(rows)
+    ids = {name: i for i, name in enumerate(timelines.vocab["category"], start=2)}
+    assert timelines.vocab_size("categories") == timelines.vocab_size("category")
+    assert "categories" in timelines.feature_names
+    expected = [[ids["Drama"], ids["War"], 0], [ids["Comedy"], 0, 0], [ids["Comedy"], ids["Drama"], ids["Romance"]]]
+    assert timelines.window("categories", 0, 3).tolist() == expected
+    datamodule = TimelineDataModule(timelines.folder, EncoderCollator, history_len=3,
+                                    features=("item", "categories"), batch_size=2)
+    datamodule.setup()
+    batch = next(iter(datamodule.test_dataloader()))
+    assert batch["features"]["categories"].shape == (1, 3, 3)
+    # The test target is event 3, so the window is events 0..2 and the last target is item x.
+    assert batch["features"]["categories"][0].tolist() == expected
+    assert batch["targets"]["categories"][0].tolist() == expected[1:] + [[ids["Drama"], ids["War"], 0]]
+    assert batch["mask"].tolist() == [[True, True, True]]

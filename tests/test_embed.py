@@ -74,7 +74,7 @@ def test_embedding_reads_the_latest_window_including_the_last_event(stage_dir, e
     for user in (0, int(np.argmin(np.diff(timelines.offsets)))):  # a long and the shortest timeline
         stop = int(timelines.offsets[user + 1])
         start = max(int(timelines.offsets[user]), stop - HISTORY_LEN)
-        features = {f: torch.tensor(timelines.features[f][start:stop])[None] for f in encoder.config.features}
+        features = {f: torch.tensor(timelines.window(f, start, stop))[None] for f in encoder.config.features}
         with torch.inference_mode():
             hidden = encoder(features, torch.ones(1, stop - start, dtype=torch.bool))
         np.testing.assert_allclose(embeddings["embedding"][user].to_numpy(), hidden[0, -1].numpy(), atol=1e-5)

@@ -210,3 +210,29 @@ def test_perceiver_ignores_padded_events_and_never_nans():
     out.sum().backward()
     assert torch.isfinite(events.grad).all()
     assert all(torch.isfinite(p.grad).all() for p in perceiver.parameters() if p.grad is not None)
+
+
+def test_multi_valued_feature_embeds_to_the_mean_of_its_values():
+    config = EncoderConfig(vocab_sizes={"item": 6, "categories": 5}, features=["item", "categories"], dim=8,
+                           heads=2, dropout=0.0, fusion="sum")
+    encoder = UserEncoder(config).eval()
+    values = torch.tensor([[[2, 3, 0], [4, 0, 0]]])
+    embedded = encoder._embed("categories", values)
+    table = encoder.embeddings["categories"].weight
+    torch.testing.assert_close(embedded[0, 0], (table[2] + table[3]) / 2)
+    torch.testing.assert_close(embedded[0, 1], table[4])
+    items, mask = torch.tensor([[2, 3]]), torch.ones(1, 2, dtype=torch.bool)
+    assert encoder({"item": items, "categories": values}, mask).shape == (1, 2, 8)
+    with pytest.raises(ValueError, match="multi-valued"):
+        encoder({"item": items, "categories": values[..., None]}, mask)
+
+
+def test_multi_valued_loss_is_cross_entropy_against_the_uniform_distribution_of_values():
+    config = EncoderConfig(vocab_sizes={"categories": 5}, features=["categories"], dim=8, heads=2)
+    heads = NextEventHeads(config)
+    hidden = torch.randn(1, 3, 8)
+    targets = {"categories": torch.tensor([[[2, 3], [4, 0], [0, 0]]])}  # the last position has no value
+    _, per_feature = heads.loss(hidden, targets, sampled_negatives=2)  # small vocabularies: full softmax
+    log_probs = heads.logits(hidden[0, :2], "categories").log_softmax(-1)
+    expected = (-(log_probs[0, 2] + log_probs[0, 3]) / 2 - log_probs[1, 4]) / 2
+    torch.testing.assert_close(per_feature["categories"], expected)

@@ -16,9 +16,9 @@ from userllm.data.collate import EncoderCollator
 from userllm.data.datamodule import TimelineDataModule
 from userllm.encoder.export import load_encoder
 from userllm.modules.optim import warmup_cosine
-from userllm.modules.pretrain import EncoderPretraining
+from userllm.modules.pretrain import EncoderPretraining, is_hit
 
-FEATURES = ["item", "rating", "category"]
+FEATURES = ["item", "rating", "category", "categories"]
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def make_module(timelines, **overrides) -> EncoderPretraining:
             vocab_sizes={f: timelines.vocab_size(f) for f in FEATURES}, features=FEATURES,
             dim=16, layers=1, heads=2, dropout=0.1, max_len=8,
         ),
-        loss_weights={"item": 1.0, "rating": 0.5, "category": 0.5},
+        loss_weights={"item": 1.0, "rating": 0.5, "category": 0.5, "categories": 0.5},
         lr=5e-3, warmup_steps=2, seed=7,
         popularity=torch.as_tensor(timelines.training_item_counts(), dtype=torch.float32),
     )
@@ -49,7 +49,8 @@ def make_module(timelines, **overrides) -> EncoderPretraining:
 
 def make_datamodule(timelines) -> TimelineDataModule:
     return TimelineDataModule(
-        timelines.folder, partial(EncoderCollator), history_len=8, stride=4, batch_size=16, seed=7
+        timelines.folder, partial(EncoderCollator), history_len=8, stride=4, features=FEATURES, batch_size=16,
+        seed=7,
     )
 
 
@@ -68,7 +69,8 @@ def test_fast_dev_run_logs_losses_and_ranking_metrics(synthetic, tmp_path):
     metrics = fit.test(model, datamodule, verbose=False)[0]
     for name in ("recall@1", "recall@5", "recall@10", "recall@20", "ndcg@10", "mrr", "pop_recall@10"):
         assert 0.0 <= metrics[f"test/{name}"] <= 1.0
-    assert "test/next_rating_accuracy" in metrics and "test/next_category_accuracy" in metrics
+    for feature in FEATURES[1:]:
+        assert 0.0 <= metrics[f"test/next_{feature}_accuracy"] <= 1.0
 
 
 def test_training_beats_popularity_on_a_learnable_pattern(synthetic, tmp_path):
@@ -179,3 +181,9 @@ def test_make_pretrain_reaches_the_bar_on_movielens_100k(ml100k_processed):
     assert metrics["test/recall@10"] >= 0.19, metrics
     assert metrics["test/ndcg@10"] >= 0.10, metrics
     assert metrics["test/recall@10"] > metrics["test/pop_recall@10"]
+
+
+def test_a_multi_valued_prediction_hits_if_it_is_any_of_the_values():
+    predicted = torch.tensor([3, 4, 5])
+    assert is_hit(predicted, torch.tensor([3, 2, 5])).tolist() == [True, False, True]
+    assert is_hit(predicted, torch.tensor([[2, 3], [2, 0], [0, 0]])).tolist() == [True, False, False]

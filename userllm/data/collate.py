@@ -23,12 +23,14 @@ if TYPE_CHECKING:
 def pad_rows(
     rows: list[np.ndarray] | list[list[int]], side: str = "right", length: int | None = None, value: int = PAD
 ) -> torch.Tensor:
-    """Stack 1-D id sequences into a [B, length] LongTensor filled with `value` on the chosen side;
-    rows longer than `length` keep their most recent (last) entries."""
+    """Stack id sequences into a [B, length, ...] LongTensor filled with `value` on the chosen side;
+    rows longer than `length` keep their most recent (last) entries. Rows may be [n] or, for a
+    multi-valued feature, [n, K] (equal K)."""
     if side not in ("left", "right"):
         raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
     length = max(1, max((len(r) for r in rows), default=0)) if length is None else length
-    out = torch.full((len(rows), length), value, dtype=torch.long)
+    trailing = np.shape(rows[0])[1:] if len(rows) else ()
+    out = torch.full((len(rows), length, *trailing), value, dtype=torch.long)
     for i, row in enumerate(rows):
         row = torch.as_tensor(np.asarray(row[-length:], dtype=np.int64))
         if len(row):
@@ -57,13 +59,15 @@ class EncoderCollator:
             "features": {f: pad_rows([e["history"][f] for e in examples], self.padding_side) for f in features},
             "targets": {
                 f: pad_rows(
-                    [np.append(e["history"][f][1:], e["target"][f]) for e in examples], self.padding_side
+                    [np.concatenate([e["history"][f][1:], np.asarray(e["target"][f])[None]]) for e in examples],
+                    self.padding_side,
                 )
                 for f in features
             },
             "user": torch.tensor([e["user"] for e in examples], dtype=torch.long),
         }
-        batch["mask"] = batch["features"][features[0]] != PAD
+        events = [np.ones(len(e["history"][features[0]]), dtype=np.int64) for e in examples]
+        batch["mask"] = pad_rows(events, self.padding_side).bool()
         if self.with_seen:
             batch["seen"] = pad_rows([self._seen_items(e) for e in examples])
         return batch

@@ -61,12 +61,12 @@ class TimelineDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         ex = self.examples[index]
-        columns = self.timelines.features
+        window = self.timelines.window
         return {
             "user": ex.user,
             "window": (ex.start, ex.end),
-            "history": {f: columns[f][ex.start : ex.end] for f in self.features},
-            "target": {f: int(columns[f][ex.end]) for f in self.features},
+            "history": {f: window(f, ex.start, ex.end) for f in self.features},
+            "target": {f: window(f, ex.end, ex.end + 1)[0] for f in self.features},
         }
 
 
@@ -132,11 +132,11 @@ class TimelineDataModule(L.LightningDataModule):
         if self.timelines is not None:
             return
         self.timelines = Timelines.load(self.processed_dir)
-        unknown = set(self.features) - set(self.timelines.features)
+        unknown = set(self.features) - set(self.timelines.feature_names)
         if unknown:
             raise ValueError(
                 f"unknown features {sorted(unknown)} in data.features: expected a subset of "
-                f"{sorted(self.timelines.features)}"
+                f"{sorted(self.timelines.feature_names)}"
             )
         for split in SPLITS:
             examples = window_examples(self.timelines, split, self.history_len, self.stride)

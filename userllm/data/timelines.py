@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,11 @@ from userllm.data.schema import SOURCE_LINE, SourceData
 log = logging.getLogger(__name__)
 
 PAD, UNKNOWN = 0, 1  # reserved ids in every feature vocabulary; real values start at 2
-FEATURES = ("item", "rating", "category")  # the categorical event features the encoder can read
+FEATURES = ("item", "rating", "category")  # the stored per-event features (one id each)
+# Multi-valued features, derived from the item at load time: name -> the feature whose vocabulary
+# they share. `categories` is every category of the event's item (`category` only the first listed).
+MULTI_VALUED = {"categories": "category"}
+MAX_VALUES = 16  # values kept per item for a multi-valued feature (the first listed)
 META_FILE = "meta.json"
 FORMAT_VERSION = 1  # bump when the artifact layout changes, so old folders are rebuilt
 
@@ -79,6 +84,28 @@ class Timelines:
     def num_users(self) -> int:
         return len(self.offsets) - 1
 
+    @property
+    def feature_names(self) -> list[str]:
+        """Every feature `window` serves: the stored ones and the multi-valued ones."""
+        return [*self.features, *MULTI_VALUED]
+
+    def window(self, feature: str, start: int, end: int) -> np.ndarray:
+        """Ids of `feature` for events `[start, end)`: shape [n] for a stored feature, [n, K] for a
+        multi-valued one (each row the item's values, padded with 0)."""
+        if feature in MULTI_VALUED:
+            return self.item_category_ids[self.features["item"][start:end]]
+        return self.features[feature][start:end]
+
+    @cached_property
+    def item_category_ids(self) -> np.ndarray:
+        """[item vocabulary, K] category ids of every item, in listed order, 0-padded (K >= 1)."""
+        ids = {name: i for i, name in enumerate(self.vocab["category"], start=2)}
+        rows = [[ids.get(c, UNKNOWN) for c in cats[:MAX_VALUES]] for cats in self.items["categories"].to_list()]
+        table = np.zeros((self.vocab_size("item"), max(1, max(map(len, rows), default=0))), dtype=np.int64)
+        for item, row in zip(self.items["item"].to_list(), rows):
+            table[item, : len(row)] = row
+        return table
+
     def training_item_counts(self) -> np.ndarray:
         """Events per item id over the training part of every timeline (the last two held out)."""
         held_out = np.concatenate([self.offsets[1:] - 1, self.offsets[1:] - 2])
@@ -88,7 +115,7 @@ class Timelines:
 
     def vocab_size(self, feature: str) -> int:
         """Size of a feature's id space, padding and unknown included."""
-        return int(self.meta["vocab_sizes"][feature])
+        return int(self.meta["vocab_sizes"][MULTI_VALUED.get(feature, feature)])
 
     @classmethod
     def load(cls, folder: Path) -> "Timelines":

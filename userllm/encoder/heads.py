@@ -53,7 +53,9 @@ class NextEventHeads(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted sum over features of the mean cross-entropy at positions whose target != 0.
 
-        hidden: [B, L, dim]; targets: feature -> LongTensor[B, L] of next-event ids (0 = ignore).
+        hidden: [B, L, dim]; targets: feature -> LongTensor[B, L] of next-event ids (0 = ignore), or
+        [B, L, K] for a multi-valued feature, whose target distribution is uniform over the event's
+        values (full softmax only: such vocabularies are small).
         Only features present in `targets` count; a feature missing from `weights` weighs 1.
         With `sampled_negatives > 0`, features whose vocabulary is larger than that use sampled
         softmax. Returns (total, {feature: unweighted loss}).
@@ -65,10 +67,12 @@ class NextEventHeads(nn.Module):
         total = hidden.new_zeros(())
         per_feature = {}
         for feature, target in targets.items():
-            keep = target != 0
+            keep = target != 0 if target.dim() == 2 else (target != 0).any(-1)
             h, t = hidden[keep], target[keep]  # score only where a loss is taken
             vocab = self.heads[feature].out_features
-            if 0 < sampled_negatives < vocab:
+            if t.dim() == 2:
+                logits, t = self.logits(h, feature).float(), values_distribution(t, vocab)
+            elif 0 < sampled_negatives < vocab:
                 logits, t = self._sampled_logits(feature, h, t, sampled_negatives)
             else:
                 logits = self.logits(h, feature)
@@ -99,3 +103,10 @@ class NextEventHeads(nn.Module):
         sampled = sampled.masked_fill(negatives[None, :] == target[:, None], float("-inf"))
         logits = torch.cat([true[:, None], sampled], dim=1) - log_q
         return logits, torch.zeros_like(target)
+
+
+def values_distribution(values: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[N, K] ids (0 = none) -> [N, vocab] probabilities, uniform over each row's values."""
+    counts = torch.zeros(values.shape[0], vocab, device=values.device)
+    counts.scatter_add_(1, values, (values != 0).float())
+    return counts / counts.sum(-1, keepdim=True).clamp(min=1)

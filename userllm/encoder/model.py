@@ -1,7 +1,8 @@
 """The user encoder: per-feature embeddings, fusion, and a causal transformer over a timeline.
 
 Every event carries several categorical features (item, rating, category, ...). Each feature has its
-own embedding table (id 0 = padding, 1 = unknown). The features of one event are fused into one
+own embedding table (id 0 = padding, 1 = unknown). A multi-valued feature (every genre of a movie)
+comes as [B, L, K] ids and embeds to the mean of its values' vectors. The features of one event are fused into one
 vector and a causal, pre-LN transformer turns the sequence into one embedding per event: these are
 the *user embeddings* the LLM later reads.
 
@@ -216,7 +217,8 @@ class UserEncoder(nn.Module):
         self.apply(init_weights)
 
     def forward(self, features: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-        """features: name -> LongTensor[B, L] of ids; mask: BoolTensor[B, L], True at real events.
+        """features: name -> LongTensor[B, L] (or [B, L, K] multi-valued) of ids; mask: BoolTensor[B, L],
+        True at real events.
 
         Returns FloatTensor[B, L, dim]: the user embedding of each event (zero at padding).
         """
@@ -224,7 +226,7 @@ class UserEncoder(nn.Module):
         self._check(features, mask)
         positions = self.positions((mask.long().cumsum(1) - 1).clamp(min=0))
         allowed = causal_mask(mask)
-        embedded = {f: self.embeddings[f](features[f]) for f in self.config.features}
+        embedded = {f: self._embed(f, features[f]) for f in self.config.features}
         if self.config.fusion == "late":
             towers = [self.towers[f](self.drop(e + positions), allowed) for f, e in embedded.items()]
             x = self.fuse(torch.cat(towers, dim=-1))
@@ -236,6 +238,15 @@ class UserEncoder(nn.Module):
             x = self.transformer(self.drop(x + positions), allowed)
         return x.masked_fill(~mask[..., None], 0.0)
 
+    def _embed(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] ids -> [B, L, width]; a multi-valued feature's [B, L, K] ids are averaged over
+        the event's values (padding id 0 embeds to zero and is not counted)."""
+        vectors = self.embeddings[feature](ids)
+        if ids.dim() == 2:
+            return vectors
+        count = (ids != 0).sum(-1, keepdim=True).clamp(min=1).to(vectors.dtype)
+        return vectors.sum(-2) / count
+
     def _check(self, features: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
         """Fail with a message that names the problem instead of an opaque indexing error."""
         missing = [f for f in self.config.features if f not in features]
@@ -244,9 +255,10 @@ class UserEncoder(nn.Module):
         if mask.dim() != 2:
             raise ValueError(f"mask must be [batch, length], got shape {tuple(mask.shape)}")
         for f in self.config.features:
-            if features[f].shape != mask.shape:
+            if features[f].shape[:2] != mask.shape or features[f].dim() > 3:
                 raise ValueError(
-                    f"feature {f!r} has shape {tuple(features[f].shape)}, the mask {tuple(mask.shape)}"
+                    f"feature {f!r} has shape {tuple(features[f].shape)}: expected the mask's "
+                    f"{tuple(mask.shape)}, plus one trailing dimension for a multi-valued feature"
                 )
         if mask.shape[1] > self.config.max_len:  # the shape, not the event count: no device sync
             raise ValueError(f"history length {mask.shape[1]} exceeds encoder.max_len={self.config.max_len}")

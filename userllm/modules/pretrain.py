@@ -136,7 +136,7 @@ class EncoderPretraining(L.LightningModule):
         for feature, counts in self.feature_hits.items():
             logits = self.heads.logits(last_hidden, feature)
             logits[:, PAD] = -math.inf
-            counts[0] += int((logits.argmax(-1) == targets[feature]).sum())
+            counts[0] += int(is_hit(logits.argmax(-1), targets[feature]).sum())
             counts[1] += len(rows)
 
     def _exclusion_mask(self, batch: dict, size: int) -> Tensor:
@@ -168,3 +168,11 @@ def _last_positions(mask: Tensor) -> Tensor:
     """Index of each row's last real position (works for left and right padding)."""
     positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
     return torch.where(mask, positions, -1).max(dim=1).values.clamp(min=0)
+
+
+def is_hit(predicted: Tensor, target: Tensor) -> Tensor:
+    """[N] predicted ids against [N] targets, or [N, K] targets of a multi-valued feature (a hit
+    if the prediction is any of the event's values)."""
+    if target.dim() == 1:
+        return predicted == target
+    return (predicted[:, None] == target).any(-1)
