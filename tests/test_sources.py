@@ -32,7 +32,9 @@ def read(fmt: str, raw_dir: Path, issues: InputIssues | None = None, **options) 
     source = read_events(fmt, raw_dir, issues or InputIssues(), **options)
     assert source.events.schema == EVENT_SCHEMA and source.items.schema == ITEM_SCHEMA
     assert source.items["item_id"].is_unique().all(), "one row per item"
-    titled = source.events.join(source.items, on="item_id", how="left")
+    titled = source.events.with_columns(pl.col("user_id", "item_id").cast(pl.String)).join(
+        source.items, on="item_id", how="left"
+    )
     return titled.select(list(canonical_schema())).sort(SOURCE_LINE)
 
 
@@ -42,10 +44,10 @@ def tolerant() -> InputIssues:
 
 
 def canonical_schema() -> dict[str, pl.DataType]:
-    """The columns of `read`: every event with its item's title and categories."""
+    """The columns of `read`: every event, ids as text, with its item's title and categories."""
     names = ["user_id", "item_id", "timestamp", "rating", "title", "categories", "review_title", "review_text",
              SOURCE_LINE]
-    return {name: {**EVENT_SCHEMA, **ITEM_SCHEMA}[name] for name in names}
+    return {name: {**EVENT_SCHEMA, **ITEM_SCHEMA, "user_id": pl.String()}[name] for name in names}
 
 
 # --- MovieLens-100K, in both layouts ------------------------------------------------------------

@@ -15,9 +15,11 @@ import polars as pl
 # Row provenance the readers attach so that bad rows and ties can be traced to the file.
 SOURCE_LINE = "source_line"  # 1-based line number in the raw interactions file
 
+# Ids are categoricals: each distinct id's text is stored once and an event holds 4 bytes per id
+# where a string takes 16 (the two id columns of 20M events: 160 MB instead of 640 MB).
 EVENT_SCHEMA: dict[str, pl.DataType] = {
-    "user_id": pl.String(),
-    "item_id": pl.String(),
+    "user_id": pl.Categorical(),
+    "item_id": pl.Categorical(),
     "timestamp": pl.Int64(),  # seconds since the epoch, UTC
     "rating": pl.Float32(),  # null where the source has none
     "review_title": pl.String(),  # null where the source has none, as the review text

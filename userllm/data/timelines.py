@@ -157,7 +157,7 @@ def build(source: SourceData, protocol: Protocol, issues: InputIssues) -> dict[s
     """
     frame = source.events
     rows_in = frame.height
-    user_ids, item_ids = frame["user_id"].unique().sort(), frame["item_id"].unique().sort()
+    user_ids, item_ids = _distinct_ids(frame["user_id"]), _distinct_ids(frame["item_id"])
     frame = frame.with_columns(_code("user_id", user_ids).alias("user"), _code("item_id", item_ids).alias("item"))
     reviews = ["review_title", "review_text"] if _has_reviews(frame) else []  # carried only if present
     frame = frame.select("user", "item", "timestamp", "rating", SOURCE_LINE, *reviews).sort(
@@ -212,6 +212,11 @@ def build(source: SourceData, protocol: Protocol, issues: InputIssues) -> dict[s
     }
     tables["stats"] = stats
     return tables
+
+
+def _distinct_ids(ids: pl.Series) -> pl.Series:
+    """The distinct ids as text in text order (a categorical would sort by its codes)."""
+    return ids.unique().cast(pl.String).sort()
 
 
 def _code(column: str, ids: pl.Series) -> pl.Expr:
