@@ -12,7 +12,7 @@ import pytest
 
 from userllm.data.issues import BadInputError, InputIssues
 from userllm.data.schema import EVENT_SCHEMA, ITEM_SCHEMA, SOURCE_LINE
-from userllm.data.sources import READERS, read_events
+from userllm.data.sources import READERS, read_events, rows
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 881_250_949  # a plausible MovieLens-era time, in seconds
@@ -164,6 +164,29 @@ def test_movielens_csv_rejects_a_foreign_header(tmp_path):
     write(tmp_path / "ratings.csv", ["user,item,rating,time", f"1,1,3.5,{T0}"])
     with pytest.raises(BadInputError, match=r"ratings\.csv:1: unexpected header.*userId,movieId,rating,timestamp"):
         read("movielens_20m", tmp_path)
+
+
+ODD_BUT_VALID = [f"1,1, 3.5,{T0}", f"2,11,+4,\t{T0}", f'3,1,"05",+{T0}', f"4,11,4.,{T0}", f"5,1,.5,0{T0}",
+                 f"6,11,1e0,{T0}", "", f"7,1,5,{T0}"]  # padded, signed, quoted, odd decimals; a blank line
+
+
+def test_movielens_csv_fast_path_agrees_with_the_checked_path(tmp_path, monkeypatch):
+    """A clean ratings.csv is read as polars parses it; one bad row sends the file down the text
+    path instead. Both must keep the same rows with the same values."""
+    text_scans = []
+    checked_scan = rows.drop_bad_rows
+    monkeypatch.setattr(rows, "drop_bad_rows", lambda *args, **kw: text_scans.append(args[2].name)
+                        or checked_scan(*args, **kw))
+    write_movielens_csv(tmp_path, ODD_BUT_VALID)
+    fast = read("movielens_20m", tmp_path)
+    assert text_scans == ["movies.csv"], "a clean ratings.csv needs no text scan"
+    assert fast["rating"].to_list() == [3.5, 4.0, 5.0, 4.0, 0.5, 1.0, 5.0]
+    assert fast[SOURCE_LINE].to_list() == [2, 3, 4, 5, 6, 7, 9]
+    for bad_row in (f"1,1,abc,{T0}", f"  ,1,3.5,{T0}"):  # a bad number; a blank id, which polars reads as text
+        write_movielens_csv(tmp_path, [*ODD_BUT_VALID, bad_row])
+        issues = tolerant()
+        assert read("movielens_20m", tmp_path, issues).equals(fast)
+        assert sum(issues.counts.values()) == 1 and text_scans[-1] == "ratings.csv"
 
 
 # --- JSON-lines review dumps ----------------------------------------------------------------------

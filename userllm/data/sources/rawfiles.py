@@ -6,7 +6,7 @@ user needs to find a bad row in a multi-gigabyte file, and what orders events th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import polars as pl
@@ -79,22 +79,38 @@ def split_fields(lines: pl.LazyFrame, separator: str, columns: Sequence[str]) ->
 
 
 def scan_csv_strings(path: Path, columns: Sequence[str]) -> pl.LazyFrame:
-    """A quoted, comma-separated file as string columns, header row included as line 1.
+    """A quoted, comma-separated file after its header line, as string columns named `columns`.
 
     Native polars parsing (ml-20m has 20M rows), every column read as text so that a bad value
     flags its row instead of failing the file. An extra schema column catches rows with too many
     fields, which polars would otherwise truncate silently (`WRONG_FIELD_COUNT`); a row with too
-    few has nulls, which the checks of missing fields report. Fully blank rows are dropped. Row
-    numbers are line numbers as long as no quoted field spans lines, as in every MovieLens release.
+    few has nulls, which the checks of missing fields report.
     """
     schema = {name: pl.String for name in columns} | {WRONG_FIELD_COUNT: pl.String}
+    frame = _scan_csv(path, schema, missing_columns="insert", truncate_ragged_lines=True)
+    return frame.with_columns(pl.col(WRONG_FIELD_COUNT).is_not_null())
+
+
+def scan_csv_typed(path: Path, schema: Mapping[str, pl.DataType]) -> pl.LazyFrame:
+    """A quoted, comma-separated file after its header line, each column parsed by polars as `schema` says.
+
+    The fast way to read a big clean file: no text column is kept for a number. Any value that
+    does not parse, or a row with too many fields, fails the whole scan when it is collected
+    (`pl.exceptions.PolarsError`), and a row with too few has nulls: `scan_csv_strings` is the
+    tolerant way that can say which rows are bad.
+    """
+    return _scan_csv(path, dict(schema))
+
+
+def _scan_csv(path: Path, schema: dict[str, pl.DataType], **options) -> pl.LazyFrame:
+    """Rows 2 onwards with `source_line` (their line, as long as no quoted field spans lines, as in
+    every MovieLens release); rows without a value in any of the schema's fields are dropped."""
     frame = pl.scan_csv(
-        path, has_header=False, schema=schema, missing_columns="insert", truncate_ragged_lines=True,
-        encoding="utf8-lossy", row_index_name=SOURCE_LINE, row_index_offset=1,
+        path, has_header=False, skip_rows=1, schema=schema, encoding="utf8-lossy", row_index_name=SOURCE_LINE,
+        row_index_offset=2, **options,
     )
-    return frame.filter(~pl.all_horizontal(pl.col(columns).is_null())).with_columns(
-        pl.col(SOURCE_LINE).cast(pl.Int64), pl.col(WRONG_FIELD_COUNT).is_not_null()
-    )
+    blank = pl.all_horizontal(pl.col(name).is_null() for name in schema if name != WRONG_FIELD_COUNT)
+    return frame.filter(~blank).with_columns(pl.col(SOURCE_LINE).cast(pl.Int64))
 
 
 def split_list(column: str, separator: str) -> pl.Expr:

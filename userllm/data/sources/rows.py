@@ -5,7 +5,9 @@ A reader scans its files into text columns named canonically, plus `source_line`
 which rows are bad and why (an event of an item the item table lacks included) and ends in the
 canonical `SourceData`. Each file is scanned once: one streaming pass yields both the good rows and,
 per kind of bad row, its count and first lines for `InputIssues`. Keeping detection in polars
-expressions is what lets a 20M-row file be checked in seconds.
+expressions is what lets a 20M-row file be checked in seconds. A reader whose format polars can
+parse natively (MovieLens' ratings.csv) also hands a typed scan, tried first: a clean file then
+needs no text columns at all, and one with a bad row is scanned again as text.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def _typed_events(frame: pl.LazyFrame, fields: Mapping[str, str], time_unit: str
     """
     unit_name, per_second = _TIME_UNITS[time_unit]
     time_text, rating_text, seconds = "_timestamp_text", "_rating_text", "_seconds"
-    in_range = pl.col(seconds).is_between(MIN_TIMESTAMP, MAX_TIMESTAMP)
+    in_range = _in_window(pl.col(seconds))
     checks = [
         Check(f"missing field {fields['user_id']}", is_blank("user_id"), "a user id"),
         Check(f"missing field {fields['item_id']}", is_blank("item_id"), "an item id"),
@@ -102,16 +104,28 @@ def _typed_events(frame: pl.LazyFrame, fields: Mapping[str, str], time_unit: str
         checks.insert(3, Check(f"missing field {fields['rating']}", is_blank(rating_text), "a rating"))
     typed = frame.rename({"timestamp": time_text, "rating": rating_text}).with_columns(
         (_number(time_text) / per_second).alias(seconds), _number(rating_text).alias("rating"),
-    ).with_columns(pl.when(in_range).then(pl.col(seconds).floor()).cast(pl.Int64).alias("timestamp"))
+    ).with_columns(pl.when(in_range).then(_whole(pl.col(seconds))).alias("timestamp"))
     return typed, checks
 
 
+def _in_window(seconds: pl.Expr) -> pl.Expr:
+    """Whether a time in (possibly fractional) seconds lies in the schema's window."""
+    return seconds.is_between(MIN_TIMESTAMP, MAX_TIMESTAMP)
+
+
+def _whole(seconds: pl.Expr) -> pl.Expr:
+    """Whole seconds, rounded down, as the schema's integer timestamp."""
+    return seconds.floor().cast(pl.Int64)
+
+
 def _number(column: str) -> pl.Expr:
-    return pl.col(column).cast(pl.Float64, strict=False)
+    """A text field as a number, as polars' CSV parser reads it: leading spaces and tabs are allowed
+    (so that `scan_csv_typed` and the text path agree on every value), trailing ones are not."""
+    return pl.col(column).str.strip_chars_start(" \t").cast(pl.Float64, strict=False)
 
 
 def _not_a_number(text: str, parsed: str) -> pl.Expr:
-    """Present, yet not a finite number: "abc", "", "nan", "inf", " 3" (no padding, as in polars)."""
+    """Present, yet not a finite number: "abc", "", "nan", "inf", "3 "."""
     return pl.col(text).is_not_null() & (pl.col(parsed).is_null() | ~pl.col(parsed).is_finite())
 
 
@@ -137,18 +151,55 @@ def _unlisted(items: pl.DataFrame, items_path: Path) -> Check:
 
 def finish_events(events: pl.LazyFrame, checks: Sequence[Check], path: Path, issues: InputIssues, *,
                   fields: Mapping[str, str], what: str, items: pl.DataFrame | None = None,
-                  items_path: Path | None = None, time_unit: str = "s",
-                  rating_required: bool = True) -> SourceData:
+                  items_path: Path | None = None, time_unit: str = "s", rating_required: bool = True,
+                  typed: pl.LazyFrame | None = None) -> SourceData:
     """Type and check the events of `path`, drop the bad ones, and pair them with `items`.
 
     `checks` are the format's own (malformed lines); they come before the field checks so that a
     broken line is reported as broken rather than as missing every field. With `items` (the
     finished item file at `items_path`), an event of an item it does not list is bad.
+    `typed` is the same file scanned with polars parsing the numbers (`scan_csv_typed`): if given,
+    it is tried first, and the text scan `events` is read only when a row is bad.
     """
-    events, field_checks = _typed_events(events, fields, time_unit, rating_required)
-    checks = [*checks, *field_checks]
-    if items is None:
-        items = pl.DataFrame(schema=ITEM_SCHEMA)
-    else:
-        checks.append(_unlisted(items, items_path))
-    return SourceData(drop_bad_rows(events, checks, path, issues, what, EVENT_SCHEMA), items)
+    clean = None if typed is None else _all_good(typed, items, time_unit, rating_required)
+    if clean is None:
+        events, field_checks = _typed_events(events, fields, time_unit, rating_required)
+        checks = [*checks, *field_checks]
+        if items is not None:
+            checks.append(_unlisted(items, items_path))
+        clean = drop_bad_rows(events, checks, path, issues, what, EVENT_SCHEMA)
+    return SourceData(clean, pl.DataFrame(schema=ITEM_SCHEMA) if items is None else items)
+
+
+def _all_good(typed: pl.LazyFrame, items: pl.DataFrame | None, time_unit: str,
+              rating_required: bool) -> pl.DataFrame | None:
+    """The canonical events of a scan that parsed the numbers itself, or None if any row is bad.
+
+    The fast path for a big clean file: no text is kept for its numbers, which halves the time of
+    reading it. It accepts what the checks of the text path accept, with the same values,
+    so both paths give the same events; a row that breaks a check, or a value the scan cannot
+    parse, sends the file down the text path, which says which rows are bad and why.
+    """
+    seconds = pl.col("timestamp") / _TIME_UNITS[time_unit][1]
+    rating = pl.col("rating").is_finite()
+    if not rating_required:
+        rating = rating | pl.col("rating").is_null()
+    good = pl.col("user_id").is_not_null() & pl.col("item_id").is_not_null() & _in_window(seconds) & rating
+    if items is not None:
+        good = good & pl.col("item_id").is_in(items["item_id"].implode())
+    events = to_canonical(typed.with_columns(_whole(seconds).alias("timestamp")))
+    try:
+        events, verdict = pl.collect_all([events, typed.select(good.fill_null(False).all())], engine="streaming")
+    except pl.exceptions.PolarsError:
+        return None
+    if events.height == 0 or not verdict.item() or _has_blank_ids(events):
+        return None
+    return events
+
+
+def _has_blank_ids(events: pl.DataFrame) -> bool:
+    """Whether a user or item id is only whitespace: checked on the distinct ids, not on every event."""
+    return any(
+        events[name].unique().cast(pl.String).to_frame().select(is_blank(name).any()).item()
+        for name in ("user_id", "item_id")
+    )
