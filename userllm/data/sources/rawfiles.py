@@ -6,6 +6,7 @@ user needs to find a bad row in a multi-gigabyte file, and what orders events th
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from userllm.data.sources.rows import Check
 JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 
 LINE = "line"
+_GZIP_MAGIC = b"\x1f\x8b"
 # A byte that never occurs in valid text records, so that polars' CSV reader yields whole lines.
 _NO_SEPARATOR = "\x1f"
 # Marks a row whose number of fields is off: set by `scan_csv_strings` and `split_fields`.
@@ -42,9 +44,16 @@ def json_names(*stems: str) -> list[str]:
 
 
 def first_line(path: Path, encoding: str = "utf-8") -> str:
-    """The header line of a (possibly gzipped) text file, without its line ending."""
-    lines = scan_lines(path, encoding).head(1).collect()
-    return lines[LINE][0] if lines.height and lines[LINE][0] is not None else ""
+    """The header line of a (possibly gzipped) text file, without its line ending.
+
+    Read with plain file I/O: a polars scan for one line took time in proportion to the file (10 to
+    25 ms for the 50 MB ratings.csv of the 2M-row benchmark). Undecodable bytes become U+FFFD.
+    """
+    with path.open("rb") as handle:
+        gzipped = handle.read(2) == _GZIP_MAGIC
+    with (gzip.open if gzipped else open)(path, "rb") as handle:
+        line = handle.readline()
+    return line.decode(encoding, errors="replace").removesuffix("\n").removesuffix("\r")
 
 
 def scan_lines(path: Path, encoding: str = "utf-8") -> pl.LazyFrame:
