@@ -215,8 +215,12 @@ def build(source: SourceData, protocol: Protocol, issues: InputIssues) -> dict[s
 
 
 def _distinct_ids(ids: pl.Series) -> pl.Series:
-    """The distinct ids as text in text order (a categorical would sort by its codes)."""
-    return ids.unique().cast(pl.String).sort()
+    """The distinct ids as text in text order (a categorical would sort by its codes).
+
+    `maintain_order=True` is not needed for the result, but polars' order-keeping unique took a
+    third of the time of the unordered one on 2M categorical ids.
+    """
+    return ids.unique(maintain_order=True).cast(pl.String).sort()
 
 
 def _code(column: str, ids: pl.Series) -> pl.Expr:

@@ -28,8 +28,10 @@ GENRES_100K = (
 )  # the order of u.genre, which is the order of the flag columns in u.item
 _NO_GENRES = ["unknown", "(no genres listed)"]
 _EVENT_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
-# ratings.csv as polars parses it for the fast path: ids stay text, as in the checked path.
-_TYPED_RATINGS = {"user_id": pl.String(), "item_id": pl.String(), "rating": pl.Float64(), "timestamp": pl.Int64()}
+# ratings.csv as polars parses it for the fast path. Ids stay text, as in the checked path, but go
+# straight into categoricals: no string column is built for them.
+_TYPED_RATINGS = {"user_id": pl.Categorical(), "item_id": pl.Categorical(), "rating": pl.Float64(),
+                  "timestamp": pl.Int64()}
 
 
 def read_movielens_100k(raw_dir: Path, issues: InputIssues) -> SourceData:
