@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -183,6 +184,26 @@ def test_checkpoint_holds_only_trainable_parameters(timelines, tokenizer, tmp_pa
     fresh.load_state_dict(saved, strict=False)
     for name in saved:
         torch.testing.assert_close(fresh.state_dict()[name], model.state_dict()[name])
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_learning_rates_per_group_pretrained_llm_gates_and_new_modules(timelines, tokenizer, strategy):
+    model, _ = make_model(timelines, tokenizer, "cross_attention", strategy)
+    model.hparams.update(lr=1e-3, gate_lr=0.1, llm_lr=5e-5)
+    model.trainer = SimpleNamespace(estimated_stepping_batches=10)
+    optimizer = model.configure_optimizers()["optimizer"]
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(rate) == set(names), "every trainable parameter is optimised, once"
+    for key, name in names.items():
+        if name.endswith("_gate"):
+            expected = 0.1
+        elif "lora_" in name or ".cross_attn." in name or not name.startswith("llm."):
+            expected = 1e-3
+        else:
+            expected = 5e-5
+        assert rate[key] == expected, name
+    assert (5e-5 in rate.values()) == (strategy == "full")
 
 
 def test_unknown_integration_is_rejected(timelines, tokenizer):

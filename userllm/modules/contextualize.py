@@ -54,8 +54,9 @@ class UserLLM(L.LightningModule):
         perceiver: dict | None = None,
         cross_attention: dict | None = None,
         lora: dict | None = None,
-        lr: float = 5e-4,
-        gate_lr: float = 1e-2,
+        lr: float = 1e-3,
+        gate_lr: float = 0.1,
+        llm_lr: float = 5e-5,
         weight_decay: float = 0.0,
         betas: Sequence[float] = (0.9, 0.999),
         warmup_steps: int = 20,
@@ -188,9 +189,8 @@ class UserLLM(L.LightningModule):
         inputs = self.llm_inputs(batch["generation_inputs"], user)
         with self.conditioned(user):
             if self.trie is not None:
-                beams = self.hparams.num_beams if self.task.name == "next_item" else 1
                 return constrained_generate(
-                    self.llm, self.tokenizer, inputs, self.trie, num_beams=max(beams, 2),
+                    self.llm, self.tokenizer, inputs, self.trie, num_beams=self.hparams.num_beams,
                     num_return=max(self.hparams.ks) if self.task.name == "next_item" else 1,
                 )
             output = self.llm.generate(
@@ -237,11 +237,17 @@ class UserLLM(L.LightningModule):
     # -- optimisation and checkpoints -------------------------------------------------------------------
 
     def configure_optimizers(self):
+        """Three learning rates: the LLM's own pretrained weights (`llm_lr`, strategy full), the
+        tanh gates (`gate_lr`) and everything new or adapted (`lr`: encoder, Perceiver, projector,
+        cross-attention blocks, LoRA adapters)."""
         hp = self.hparams
         gates = {id(g) for g in self.adapter.gates()} if self.adapter is not None else set()
-        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        groups = decay_groups([(n, p) for n, p in named if id(p) not in gates], hp.weight_decay)
-        gate_params = [p for _, p in named if id(p) in gates]
+        new = {id(p) for p in self.adapter.parameters()} if self.adapter is not None else set()
+        pretrained = {id(p) for n, p in self.llm.named_parameters() if id(p) not in new and "lora_" not in n}
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad and id(p) not in gates]
+        groups = decay_groups([(n, p) for n, p in named if id(p) not in pretrained], hp.weight_decay)
+        groups += decay_groups([(n, p) for n, p in named if id(p) in pretrained], hp.weight_decay, lr=hp.llm_lr)
+        gate_params = [p for p in self.parameters() if p.requires_grad and id(p) in gates]
         if gate_params:
             groups.append({"params": gate_params, "weight_decay": 0.0, "lr": hp.gate_lr})
         return adamw_with_schedule(
