@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from userllm.data.issues import InputIssues
-from userllm.data.timelines import UNKNOWN, Protocol, fingerprint, is_current, prepare
+from userllm.data.timelines import UNKNOWN, Protocol, Timelines, fingerprint, is_current, prepare
 from tests.conftest import make_source
 
 
@@ -25,6 +26,16 @@ def test_events_sorted_by_time_with_ties_in_file_order(build_timelines):
     timelines = build_timelines(rows)
     assert user_items(timelines, "u") == ["a", "b", "d", "c"]  # b and d tie at 20: file order
     assert np.all(np.diff(timelines.timestamps) >= 0)
+
+
+def test_ties_keep_file_order_when_events_come_in_another_order(tmp_path):
+    rows = [("u", "c", 30, 4.0), ("u", "a", 10, 3.0), ("u", "b", 20, 5.0), ("u", "d", 20, 1.0), ("v", "a", 5, 2.0),
+            ("v", "e", 5, 2.0), ("v", "f", 6, 2.0)]
+    source = make_source(rows)
+    shuffled = replace(source, events=source.events.reverse())  # a reader need not keep the file's order
+    prepare(shuffled, tmp_path / "out", Protocol(3), InputIssues(), "test")
+    timelines = Timelines.load(tmp_path / "out")
+    assert user_items(timelines, "u") == ["a", "b", "d", "c"] and user_items(timelines, "v") == ["a", "e", "f"]
 
 
 def test_exact_duplicates_removed_and_counted(build_timelines):
