@@ -180,14 +180,14 @@ def _all_good(typed: pl.LazyFrame, items: pl.DataFrame | None, time_unit: str,
     so both paths give the same events; a row that breaks a check, or a value the scan cannot
     parse, sends the file down the text path, which says which rows are bad and why.
     """
-    seconds = pl.col("timestamp") / _TIME_UNITS[time_unit][1]
+    seconds, whole = _scanned_seconds(typed, time_unit)
     rating = pl.col("rating").is_finite()
     if not rating_required:
         rating = rating | pl.col("rating").is_null()
     good = pl.col("user_id").is_not_null() & pl.col("item_id").is_not_null() & _in_window(seconds) & rating
     if items is not None:
         good = good & pl.col("item_id").is_in(items["item_id"].implode())
-    events = to_canonical(typed.with_columns(_whole(seconds).alias("timestamp")))
+    events = to_canonical(typed.with_columns(whole.alias("timestamp")))
     try:
         events, verdict = pl.collect_all([events, typed.select(good.fill_null(False).all())], engine="streaming")
     except pl.exceptions.PolarsError:
@@ -195,6 +195,19 @@ def _all_good(typed: pl.LazyFrame, items: pl.DataFrame | None, time_unit: str,
     if events.height == 0 or not verdict.item() or _has_blank_ids(events):
         return None
     return events
+
+
+def _scanned_seconds(typed: pl.LazyFrame, time_unit: str) -> tuple[pl.Expr, pl.Expr]:
+    """The scan's timestamps in seconds, and in whole seconds (the canonical timestamp).
+
+    Integer seconds are both already: the round trip through floats that other units need took
+    0.3 s of CPU on 20M rows, for the same values.
+    """
+    per_second = _TIME_UNITS[time_unit][1]
+    if per_second == 1 and typed.collect_schema()["timestamp"].is_integer():
+        return pl.col("timestamp"), pl.col("timestamp")
+    seconds = pl.col("timestamp") / per_second
+    return seconds, _whole(seconds)
 
 
 def _has_blank_ids(events: pl.DataFrame) -> bool:
