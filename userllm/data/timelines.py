@@ -33,6 +33,10 @@ FEATURES = ("item", "rating", "category")  # the stored per-event features (one 
 MULTI_VALUED = {"categories": "category"}
 MAX_VALUES = 16  # values kept per item for a multi-valued feature (the first listed)
 META_FILE = "meta.json"
+# Every stage reads the tables whole, so column statistics (for skipping row groups) go unused, and
+# zstd's fastest level compresses the integer columns as well as its default: together they took a
+# quarter off writing 18M events (1.05 -> 0.78 s of CPU) with the same file size.
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1, "statistics": False}
 FORMAT_VERSION = 1  # bump when the artifact layout changes, so old folders are rebuilt
 
 
@@ -275,12 +279,15 @@ def _duplicates(frame: pl.DataFrame) -> pl.Series:
 def _item_table(frame: pl.DataFrame, listed: pl.DataFrame, item_ids: pl.Series) -> pl.DataFrame:
     """One row per item with its code, title, categories and event count; ids by descending count.
 
-    Codes are ranks among the sorted item ids, so ordering ties by code orders them by item id.
-    Title and categories come from the source's item table (`listed`); an item it lacks has none.
+    Codes are ranks among the sorted item ids, so ordering ties by code orders them by item id,
+    and they index an array of counts (`np.bincount`: a quarter of the time of a group-by on 18M
+    events). Title and categories come from the source's item table (`listed`); an item it lacks
+    has none.
     """
+    counts = np.bincount(frame["item"].to_numpy(), minlength=len(item_ids))
+    seen = np.flatnonzero(counts)
     items = (
-        frame.group_by(pl.col("item").alias("code"))
-        .len("count")
+        pl.DataFrame({"code": seen.astype(np.uint32), "count": counts[seen].astype(np.uint32)})
         .sort(["count", "code"], descending=[True, False])
         .with_row_index("item", offset=2)
     )
@@ -351,7 +358,7 @@ def prepare(
     tmp.mkdir(parents=True)
     try:
         for name, table in tables.items():
-            table.write_parquet(tmp / f"{name}.parquet")
+            table.write_parquet(tmp / f"{name}.parquet", **PARQUET_OPTIONS)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))  # last: no meta.json, no trust
         _replace_dir(tmp, out_dir)
     finally:
