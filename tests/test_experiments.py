@@ -109,7 +109,8 @@ def test_fsdp_trainer_wraps_decoder_layers_and_cross_attention(tmp_path):
     from userllm.llm.cross_attention import CrossAttentionDecoderLayer
 
     cfg = compose_stage("finetune", ["trainer=fsdp", f"paths.output_dir={tmp_path}"], tmp_path)
-    assert cfg.trainer.max_steps == 300 and cfg.trainer.precision == "bf16-mixed"  # the finetune budget
+    budget = OmegaConf.load(REPO / "conf" / "trainer" / "finetune.yaml")
+    assert cfg.trainer.max_steps == budget.max_steps and cfg.trainer.precision == "bf16-mixed"  # inherited
     strategy = instantiate(cfg.trainer.strategy)
     assert isinstance(strategy, FSDPStrategy)
     wrapped = strategy.kwargs["auto_wrap_policy"]._module_classes
