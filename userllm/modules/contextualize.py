@@ -244,10 +244,11 @@ class UserLLM(L.LightningModule):
         gates = {id(g) for g in self.adapter.gates()} if self.adapter is not None else set()
         new = {id(p) for p in self.adapter.parameters()} if self.adapter is not None else set()
         pretrained = {id(p) for n, p in self.llm.named_parameters() if id(p) not in new and "lora_" not in n}
-        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad and id(p) not in gates]
+        trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        gate_params = [p for _, p in trainable if id(p) in gates]
+        named = [(n, p) for n, p in trainable if id(p) not in gates]
         groups = decay_groups([(n, p) for n, p in named if id(p) not in pretrained], hp.weight_decay)
         groups += decay_groups([(n, p) for n, p in named if id(p) in pretrained], hp.weight_decay, lr=hp.llm_lr)
-        gate_params = [p for p in self.parameters() if p.requires_grad and id(p) in gates]
         if gate_params:
             groups.append({"params": gate_params, "weight_decay": 0.0, "lr": hp.gate_lr})
         return adamw_with_schedule(
