@@ -78,7 +78,8 @@ benchmark-data: $(STAMP)
 	$(PY) benchmarks/prepare_bench.py $(BENCH_ARGS)
 
 # The paper's ablations on the finetune stage (conf/hparams_search/paper_ablations.yaml): history
-# length 50/100/200 x cross-attention/soft prompt x Perceiver on/off, 12 jobs of 100 steps each.
+# length 50/100/200 x four arms (conf/ablation/: cross-attention/soft prompt x Perceiver on/off),
+# 12 jobs of 100 steps each; the TP arm is a GPU job (see the config).
 # One encoder pretrained on 200-event windows serves every history length. The table of all jobs:
 # outputs/<dataset>/multirun/finetune/<time>/summary.md (and .csv).
 SWEEP_ENCODER := outputs/$(DATA)/pretrain_history200

@@ -135,9 +135,21 @@ def test_encoder_search_is_a_seeded_optuna_multirun_on_validation_ndcg(tmp_path)
     assert set(sweeper.params) == {"encoder.dim", "encoder.layers", "encoder.dropout", "optim.lr"}
 
 
-def test_paper_ablation_grid_is_twelve_finetune_jobs_on_a_small_budget(tmp_path):
+def test_paper_ablation_grid_is_history_by_four_arms_on_a_small_budget(tmp_path):
     cfg = compose_stage("finetune", ["hparams_search=paper_ablations", f"paths.output_dir={tmp_path}"], tmp_path)
     grid = {key: values.split(",") for key, values in cfg.hydra.sweeper.params.items()}
-    assert grid == {"data.history_len": ["50", "100", "200"], "integration": ["cross_attention", "soft_prompt"],
-                    "perceiver": ["default", "none"]}
+    assert grid == {"data.history_len": ["50", "100", "200"],
+                    "ablation": ["cross_attention", "cross_attention_no_perceiver", "soft_prompt",
+                                 "soft_prompt_no_perceiver"]}
     assert cfg.trainer.max_steps <= 100 and cfg.pretrained_dir.endswith("pretrain_history200")
+
+
+@pytest.mark.parametrize(("arm", "integration", "latents"), [
+    ("cross_attention", "cross_attention", 16), ("cross_attention_no_perceiver", "cross_attention", 0),
+    ("soft_prompt", "soft_prompt", 16), ("soft_prompt_no_perceiver", "soft_prompt", 0),
+    ("text_prompt", "text_prompt", 16),
+])
+def test_each_ablation_arm_selects_its_integration_and_perceiver(arm, integration, latents, tmp_path):
+    cfg = compose_stage("finetune", [f"ablation={arm}", f"paths.output_dir={tmp_path}"], tmp_path)
+    assert cfg.integration.name == integration and cfg.perceiver.get("latents", 0) == latents
+    assert cfg.strategy.name == "enc"
