@@ -27,11 +27,11 @@ FINETUNE = {
     ("favorite_genre", "text_prompt"): {"test/accuracy": 0.6, "test/majority_accuracy": 0.5},
     ("next_item", "soft_prompt"): {"test/recall@10": 0.1, "test/pop_recall@10": 0.05},
 }
-SWEEP = """job,data.history_len,integration,perceiver,test/accuracy,test/majority_accuracy,folder
-0,50,cross_attention,default,0.61,0.5,0_a
-1,50,soft_prompt,default,0.58,0.5,1_b
-2,100,cross_attention,default,0.63,0.52,2_c
-3,100,soft_prompt,default,,,3_d
+SWEEP = """job,ablation,data.history_len,test/accuracy,test/majority_accuracy,folder
+0,cross_attention,50,0.61,0.5,0_a
+1,soft_prompt_no_perceiver,50,0.58,0.5,1_b
+2,cross_attention,100,0.63,0.52,2_c
+3,soft_prompt_no_perceiver,100,,,3_d
 """
 COST_MD = "| history | method | GFLOPs |\n|---|---|---|\n| 50 | text_prompt | 337.51 |\n"
 COST_CSV = "history_len,method,flops\n50,text_prompt,337513250304.0\n50,cross_attention,11579769344.0\n"
@@ -104,7 +104,7 @@ def test_report_gathers_every_stage_with_tables_and_plots(outputs):
     assert "| next_item | soft_prompt | test/recall@10 | 0.1000 | test/pop_recall@10 | 0.0500 |  |" in text
     # the newest sweep, unfinished job with empty cells, and its plot
     assert f"From `{DATASET}/multirun/finetune/{NEW}/summary.csv` (4 jobs)" in text
-    assert "| 3 | 100 | soft_prompt | default |  |  | 3_d |" in text
+    assert "| 3 | soft_prompt_no_perceiver | 100 |  |  | 3_d |" in text
     assert "encoder.dim" not in text
     assert "](report/sweep_history.png)" in text
     # the benchmark's own table and its plot, copied

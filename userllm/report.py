@@ -257,7 +257,7 @@ def sweep_section(ctx: Context) -> str:
     frame = pl.read_csv(path, infer_schema_length=None)
     text += f"From `{ctx.relative(path)}` ({frame.height} jobs).\n\n" + markdown_table(frame.to_dicts())
     quality = sweep_quality(frame.columns)
-    if quality is None or not {HISTORY, "integration"} <= set(frame.columns):
+    if quality is None or HISTORY not in frame.columns:
         return text
     figure = plot_sweep(frame, *quality)
     return text + "\n" + ctx.figure(figure, "sweep_history.png", f"{quality[0]} against history length")
@@ -275,13 +275,16 @@ def override_columns(frame: pl.DataFrame) -> list[str]:
 
 
 def plot_sweep(frame: pl.DataFrame, metric: str, baseline: str | None) -> Figure:
-    """`metric` against history length, one line per combination of the other overrides (integration,
-    Perceiver, ...; TP too where the sweep ran it), and the trivial baseline dashed."""
+    """`metric` against history length, one line per combination of the other overrides (the
+    ablation arm, or integration and Perceiver, ...; TP too where the sweep ran it), and the
+    trivial baseline dashed."""
     series = [c for c in override_columns(frame) if c != HISTORY]
+    groups = frame.group_by(series, maintain_order=True) if series else [((), frame)]
     figure, axis = pyplot().subplots(figsize=(7, 4.5))
-    for key, group in frame.group_by(series, maintain_order=True):
+    for key, group in groups:
         points = mean_by(group, HISTORY, metric)
-        axis.plot(points[HISTORY], points[metric], marker="o", label=", ".join(f"{c}={v}" for c, v in zip(series, key)))
+        label = ", ".join(f"{c}={v}" for c, v in zip(series, key)) or metric
+        axis.plot(points[HISTORY], points[metric], marker="o", label=label)
     if baseline in frame.columns:
         points = mean_by(frame, HISTORY, baseline)
         axis.plot(points[HISTORY], points[baseline], linestyle="--", color="gray", label=baseline)
