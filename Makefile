@@ -79,7 +79,7 @@ benchmark-data: $(STAMP)
 
 # The paper's ablations on the finetune stage (conf/hparams_search/paper_ablations.yaml): history
 # length 50/100/200 x four arms (conf/ablation/: cross-attention/soft prompt x Perceiver on/off),
-# 12 jobs of 300 steps each (about 50 minutes on 2 cores); the TP arm is a GPU job (see the config).
+# 12 jobs of 300 steps each (73 minutes measured on 2 cores); the TP arm is a GPU job (see the config).
 # One encoder pretrained on 200-event windows serves every history length. The table of all jobs:
 # outputs/<dataset>/multirun/finetune/<time>/summary.md (and .csv).
 SWEEP_ENCODER := outputs/$(DATA)/pretrain_history200
