@@ -39,9 +39,10 @@ pretrain: $(STAMP)
 embed: $(STAMP)
 	$(PY) pipelines/embed.py $(OVERRIDES)
 
-# Stage 2 reads the stage-1 encoder; pretrain first if there is none yet.
+# Stage 2 reads the stage-1 encoder; pretrain first if there is none yet. ARGS are stage 2's and
+# stay out of it (the encoder's own settings: `make pretrain ARGS=...` first).
 finetune: $(STAMP)
-	test -f $(ENCODER) || $(MAKE) pretrain DATA=$(DATA) EXP=$(EXP)
+	test -f $(ENCODER) || $(MAKE) pretrain DATA=$(DATA) EXP=$(EXP) ARGS=
 	$(PY) pipelines/finetune.py $(OVERRIDES)
 
 # The text-prompt baseline on the same task and wall-clock budget; the LLM must learn the task, so
@@ -56,8 +57,9 @@ evaluate: $(STAMP)
 
 # prepare -> pretrain (if no encoder yet) -> finetune (trains only) -> evaluate (tests against the
 # baselines), each reusing what the earlier ones produced; ends with the report of every stage's results.
+# ARGS go to finetune and evaluate only (a sub-make would otherwise inherit them).
 pipeline: $(STAMP)
-	$(MAKE) data DATA=$(DATA) EXP=$(EXP)
+	$(MAKE) data DATA=$(DATA) EXP=$(EXP) ARGS=
 	$(MAKE) finetune DATA=$(DATA) EXP=$(EXP) ARGS="test_after_fit=false $(ARGS)"
 	$(MAKE) evaluate DATA=$(DATA) EXP=$(EXP) ARGS="$(ARGS)"
 	$(PY) pipelines/report.py data=$(DATA) print_report=true
