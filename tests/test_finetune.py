@@ -95,7 +95,7 @@ def test_prompt_collator_labels_only_the_target(timelines, tokenizer, text_histo
         assert collate.prompt(0, 4) == build_prompt(tokenizer, task.instruction(0, 4))
 
 
-def make_model(timelines, tokenizer, integration, strategy, perceiver_latents=4, task_name="favorite_genre"):
+def make_model(timelines, tokenizer, integration, strategy, perceiver_latents=4, task_name="favorite_genre", **options):
     features = ["item", "rating", "category"]
     encoder = UserEncoder(
         EncoderConfig(vocab_sizes={f: timelines.vocab_size(f) for f in features}, features=features,
@@ -107,9 +107,8 @@ def make_model(timelines, tokenizer, integration, strategy, perceiver_latents=4,
         perceiver={"latents": perceiver_latents, "layers": 1, "heads": 2},
         cross_attention={"every": 2},
         lora={"rank": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-        warmup_steps=1, num_beams=3, ks=(1, 3), max_new_tokens=4,
         popularity=torch.as_tensor(timelines.training_item_counts(), dtype=torch.float32),
-        majority_label="Comedy",
+        majority_label="Comedy", **{"warmup_steps": 1, "num_beams": 3, "ks": (1, 3), "max_new_tokens": 4, **options},
     )
     return model, task
 
@@ -147,6 +146,23 @@ def test_next_item_ranks_catalogue_titles_beside_popularity(timelines, tokenizer
     metrics = run(model, make_datamodule(timelines, tokenizer, task, integration), tmp_path, fast_dev_run=True)
     assert {"test/recall@1", "test/recall@3", "test/pop_recall@1", "test/pop_recall@3"} <= set(metrics)
     assert all(p and set(p) <= set(task.candidates) for p in model.predictions)
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_next_item_leaves_out_titles_seen_before_the_target(timelines, tokenizer, tmp_path, exclude_seen):
+    """Each user saw about 7 of the 12 titles: with exclude_seen every answer is one of the others
+    (or the target itself, which the popularity baseline's ranking keeps too); without, some are seen."""
+    model, task = make_model(timelines, tokenizer, "soft_prompt", "enc", task_name="next_item",
+                             num_beams=6, ks=(1, 5), exclude_seen=exclude_seen)
+    datamodule = make_datamodule(timelines, tokenizer, task, "soft_prompt")
+    metrics = run(model, datamodule, tmp_path, fast_dev_run=True)
+    batch = next(iter(datamodule.test_dataloader()))
+    seen = [{task.titles[i] for i in row.tolist() if i >= 2} - {target}
+            for row, target in zip(batch["seen"], batch["target_text"])]
+    answered_seen = [set(answers) & titles for answers, titles in zip(model.predictions, seen)]
+    assert len(model.predictions) == len(seen) and all(model.predictions)
+    assert not any(answered_seen) if exclude_seen else any(answered_seen)
+    assert "test/pop_recall@5" in metrics
 
 
 def test_soft_prompt_without_perceiver_masks_padded_events(timelines, tokenizer, tmp_path):

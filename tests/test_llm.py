@@ -320,6 +320,32 @@ def test_trie_allows_only_catalogue_continuations():
     assert trie.lookup([film]) is None
 
 
+def test_trie_exclusion_blocks_finished_strings_and_branches_with_nothing_else():
+    tokenizer = make_tokenizer()
+    trie = CatalogueTrie(tokenizer, CATALOGUE)
+    film, noir, eos = (tokenizer.convert_tokens_to_ids(t) for t in ("film", "noir", "<eos>"))
+    drama = tokenizer.convert_tokens_to_ids("drama")
+    excluded = trie.excluded(["film", "drama", "not in the catalogue"])
+    assert trie.allowed_tokens([film], excluded) == [noir]  # "film" may not end; "film noir" still may
+    assert drama not in trie.allowed_tokens([], excluded)  # nothing but "drama" lies under it
+    assert film in trie.allowed_tokens([], excluded)
+    both = trie.excluded(["film", "film noir"])
+    assert film not in trie.allowed_tokens([], both)
+    assert trie.allowed_tokens([], trie.excluded(CATALOGUE)) == [eos]  # nothing left: the beam ends empty
+
+
+def test_constrained_generation_never_returns_excluded_strings():
+    model, tokenizer = make_model("llama"), make_tokenizer()
+    prompts = constrained_prompts(tokenizer)
+    trie = CatalogueTrie(tokenizer, CATALOGUE)
+    free = constrained_generate(model, tokenizer, prompts, trie, num_beams=6, num_return=6, length_penalty=0)
+    exclude = [set(ranked[:2]) for ranked in free]  # each prompt's two favourites
+    ranked = constrained_generate(model, tokenizer, prompts, trie, num_beams=6, num_return=6, length_penalty=0,
+                                  exclude=exclude)
+    for strings, left_out, before in zip(ranked, exclude, free):
+        assert strings == [text for text in before if text not in left_out]  # the rest, in the same order
+
+
 def constrained_prompts(tokenizer) -> list[str]:
     instruction = task_instruction("favorite_genre")
     return [build_prompt(tokenizer, instruction, history) for history in ("toy story", "heat", None)]

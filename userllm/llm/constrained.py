@@ -6,11 +6,15 @@ generated prefix allows, so every finished beam is exactly one catalogue string 
 scores rank catalogue strings by the model's log-likelihood (length-normalised as `generate`'s
 `length_penalty` says). Training targets must be tokenised the same way (`tokenize_candidate`),
 otherwise the trie and the fine-tuned model disagree about how a title is spelled.
+
+Strings can be left out per prompt (the items a user has already seen): a beam may not finish one,
+nor enter a branch that holds nothing else, so no beam is spent on them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -31,30 +35,50 @@ class CatalogueTrie:
         self.eos_token_id = tokenizer.eos_token_id
         self.root: dict[int, dict] = {}
         self.strings: dict[tuple[int, ...], str] = {}
-        for text in candidates:
+        self.token_ids: dict[str, tuple[int, ...]] = {}
+        for text in dict.fromkeys(candidates):
             ids = tuple(tokenize_candidate(tokenizer, text))
             previous = self.strings.setdefault(ids, text)
             if previous != text:
                 raise ValueError(f"Catalogue strings {previous!r} and {text!r} tokenise identically")
+            self.token_ids[text] = ids
             node = self.root
             for token in ids:
                 node = node.setdefault(token, {})
+        self.strings_under = self._count_under(self.token_ids.values())
         if not self.strings:
             raise ValueError("The catalogue is empty")
         self.max_length = max(len(ids) for ids in self.strings)
 
-    def allowed_tokens(self, prefix: Sequence[int]) -> list[int]:
+    @staticmethod
+    def _count_under(sequences: Iterable[tuple[int, ...]]) -> Counter[tuple[int, ...]]:
+        """How many of `sequences` start with each prefix (the empty one left out)."""
+        return Counter(ids[:end] for ids in sequences for end in range(1, len(ids) + 1))
+
+    def excluded(self, strings: Iterable[str]) -> dict[tuple[int, ...], set[int]]:
+        """`strings` in the form `allowed_tokens` takes: per prefix, the next tokens that lead only to
+        excluded strings (strings outside the catalogue are ignored)."""
+        under = self._count_under(self.token_ids[text] for text in set(strings) if text in self.token_ids)
+        blocked: dict[tuple[int, ...], set[int]] = {}
+        for prefix, count in under.items():
+            if count == self.strings_under[prefix]:
+                blocked.setdefault(prefix[:-1], set()).add(prefix[-1])
+        return blocked
+
+    def allowed_tokens(self, prefix: Sequence[int], excluded: Mapping[tuple[int, ...], set[int]] | None = None) -> list[int]:
         """Tokens that may follow `prefix`; EOS once the prefix has left the trie or finished a string.
 
-        Beam search keeps `num_beams` beams alive even when fewer valid continuations exist; such
-        beams carry a score of -inf and are ended with EOS here, then dropped by `lookup`.
+        `excluded` (from `excluded`) takes away the tokens that lead only to excluded strings. Beam
+        search keeps `num_beams` beams alive even when fewer valid continuations exist; such beams
+        carry a score of -inf and are ended with EOS here, then dropped by `lookup`.
         """
         node = self.root
         for token in prefix:
             if token not in node:
                 return [self.eos_token_id]
             node = node[token]
-        return list(node) or [self.eos_token_id]
+        blocked = excluded.get(tuple(prefix), ()) if excluded else ()
+        return [t for t in node if t not in blocked] or [self.eos_token_id]
 
     def lookup(self, token_ids: Sequence[int]) -> str | None:
         """The catalogue string spelled by generated `token_ids` (trailing padding allowed), or None."""
@@ -63,16 +87,18 @@ class CatalogueTrie:
             ids = ids[: ids.index(self.eos_token_id) + 1]
         return self.strings.get(tuple(ids))
 
-    def prefix_allowed_tokens_fn(self, prompt_length: int) -> Callable[[int, torch.Tensor], list[int]]:
+    def prefix_allowed_tokens_fn(
+        self, prompt_length: int, excluded: Sequence[Mapping[tuple[int, ...], set[int]]] | None = None
+    ) -> Callable[[int, torch.Tensor], list[int]]:
         """A `generate(prefix_allowed_tokens_fn=...)` callback that reads only the generated tokens.
 
         `generate` hands the callback prompt + generated ids for `input_ids` prompts (all rows of a
         left-padded batch share `prompt_length`) and only the generated ids for `inputs_embeds`
-        prompts (`prompt_length=0`).
+        prompts (`prompt_length=0`). `excluded[i]` leaves strings out for prompt i.
         """
 
         def allowed(batch_id: int, sequence: torch.Tensor) -> list[int]:
-            return self.allowed_tokens(sequence[prompt_length:].tolist())
+            return self.allowed_tokens(sequence[prompt_length:].tolist(), excluded[batch_id] if excluded else None)
 
         return allowed
 
@@ -85,6 +111,7 @@ def constrained_generate(
     candidates: Sequence[str] | CatalogueTrie,
     num_beams: int = 10,
     num_return: int = 10,
+    exclude: Sequence[Iterable[str]] | None = None,
     **generate_kwargs,
 ) -> list[list[str]]:
     """Rank catalogue strings for each prompt with trie-constrained beam search.
@@ -92,8 +119,9 @@ def constrained_generate(
     `prompts` are prompt strings (tokenised here, left-padded) or ready model inputs: `input_ids` or
     `inputs_embeds` (soft prompt), with `attention_mask` and optionally `position_ids`. For the
     cross-attention integration call this inside `adapter.conditioned_on(...)`. `generate_kwargs`
-    go to `generate` (e.g. `length_penalty=0.0` ranks by the plain log-likelihood). Returns, per
-    prompt, up to `num_return` distinct catalogue strings, best first.
+    go to `generate` (e.g. `length_penalty=0.0` ranks by the plain log-likelihood). `exclude[i]`
+    are catalogue strings prompt i may not get. Returns, per prompt, up to `num_return` distinct
+    catalogue strings, best first.
     """
     trie = candidates if isinstance(candidates, CatalogueTrie) else CatalogueTrie(tokenizer, candidates)
     if isinstance(prompts, Mapping):
@@ -109,7 +137,9 @@ def constrained_generate(
     sequences = model.generate(
         **inputs,
         **options,
-        prefix_allowed_tokens_fn=trie.prefix_allowed_tokens_fn(prompt_length),
+        prefix_allowed_tokens_fn=trie.prefix_allowed_tokens_fn(
+            prompt_length, None if exclude is None else [trie.excluded(strings) for strings in exclude]
+        ),
         num_beams=num_beams,
         num_return_sequences=num_beams,
         do_sample=False,

@@ -27,7 +27,7 @@ from userllm.llm.constrained import CatalogueTrie, constrained_generate
 from userllm.llm.cross_attention import add_cross_attention
 from userllm.llm.soft_prompt import IGNORE_INDEX, prepend_user_tokens
 from userllm.llm.strategies import apply_strategy
-from userllm.metrics import accuracy, popularity_scores, ranks, rouge_lsum
+from userllm.metrics import RESERVED_IDS, accuracy, popularity_scores, ranks, rouge_lsum
 from userllm.modules.optim import adamw_with_schedule, decay_groups
 from userllm.tasks import Task
 
@@ -64,6 +64,7 @@ class UserLLM(L.LightningModule):
         num_beams: int = 10,
         max_new_tokens: int = 48,
         ks: Sequence[int] = (1, 5, 10),
+        exclude_seen: bool = True,
         popularity: Tensor | None = None,
         majority_label: str | None = None,
         sample_generations: int = 16,
@@ -192,6 +193,7 @@ class UserLLM(L.LightningModule):
                 return constrained_generate(
                     self.llm, self.tokenizer, inputs, self.trie, num_beams=self.hparams.num_beams,
                     num_return=max(self.hparams.ks) if self.task.name == "next_item" else 1,
+                    exclude=self._seen_titles(batch) if self._excludes_seen else None,
                 )
             output = self.llm.generate(
                 **inputs, max_new_tokens=self.hparams.max_new_tokens, do_sample=False,
@@ -201,13 +203,27 @@ class UserLLM(L.LightningModule):
         texts = self.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
         return [[text.strip()] for text in texts]
 
+    @property
+    def _excludes_seen(self) -> bool:
+        return self.task.name == "next_item" and self.hparams.exclude_seen
+
+    def _seen_titles(self, batch: dict) -> list[set[str]]:
+        """Per example, the titles of the items the user saw before the target, the target's own
+        left in: what `ranks` leaves out of the popularity baseline's ranking, by title."""
+        titles = self.task.titles
+        return [
+            {titles[i] for i in seen.tolist() if i >= RESERVED_IDS} - {target}
+            for seen, target in zip(batch["seen"], batch["target_text"])
+        ]
+
     def _evaluate(self, batch: dict) -> None:
         ranked = self.generate(batch)
         self.predictions.extend(ranked)
         self.references.extend(batch["target_text"])
         if self.task.name == "next_item":
             scores = popularity_scores(self.popularity).expand(len(ranked), -1)
-            self.baseline_ranks.append(ranks(scores, batch["target_item"], batch["seen"]).cpu())
+            seen = batch["seen"] if self._excludes_seen else None
+            self.baseline_ranks.append(ranks(scores, batch["target_item"], seen).cpu())
         if len(self.generations) < self.hparams.sample_generations:
             prompts = self.tokenizer.batch_decode(batch["generation_inputs"]["input_ids"], skip_special_tokens=True)
             for prompt, target, answer in zip(prompts, batch["target_text"], ranked):
