@@ -17,6 +17,9 @@ OVERRIDES := data=$(DATA) $(if $(EXP),experiment=$(EXP)) $(ARGS)
 PYTEST_ARGS ?=
 
 ENCODER := outputs/$(DATA)/pretrain/encoder.safetensors
+# The overrides of ARGS that earlier stages share, for targets that run those stages first.
+DATA_ARGS = $(filter data.%,$(ARGS))
+ENCODER_ARGS = $(filter data.% encoder=% encoder.%,$(ARGS))
 
 .PHONY: install data pretrain embed finetune finetune-tp evaluate pipeline sweep benchmark benchmark-data report test test-fast clean-venv
 
@@ -39,10 +42,10 @@ pretrain: $(STAMP)
 embed: $(STAMP)
 	$(PY) pipelines/embed.py $(OVERRIDES)
 
-# Stage 2 reads the stage-1 encoder; pretrain first if there is none yet. ARGS are stage 2's and
-# stay out of it (the encoder's own settings: `make pretrain ARGS=...` first).
+# Stage 2 reads the stage-1 encoder; pretrain first if there is none yet, with the data and encoder
+# overrides of ARGS only (a sub-make would otherwise inherit stage 2's, which pretraining rejects).
 finetune: $(STAMP)
-	test -f $(ENCODER) || $(MAKE) pretrain DATA=$(DATA) EXP=$(EXP) ARGS=
+	test -f $(ENCODER) || $(MAKE) pretrain DATA=$(DATA) EXP=$(EXP) ARGS="$(ENCODER_ARGS)"
 	$(PY) pipelines/finetune.py $(OVERRIDES)
 
 # The text-prompt baseline on the same task and wall-clock budget; the LLM must learn the task, so
@@ -57,9 +60,10 @@ evaluate: $(STAMP)
 
 # prepare -> pretrain (if no encoder yet) -> finetune (trains only) -> evaluate (tests against the
 # baselines), each reusing what the earlier ones produced; ends with the report of every stage's results.
-# ARGS go to finetune and evaluate only (a sub-make would otherwise inherit them).
+# ARGS go to finetune and evaluate; the data step gets their data.* overrides, pretraining (see
+# finetune) their data and encoder ones.
 pipeline: $(STAMP)
-	$(MAKE) data DATA=$(DATA) EXP=$(EXP) ARGS=
+	$(MAKE) data DATA=$(DATA) EXP=$(EXP) ARGS="$(DATA_ARGS)"
 	$(MAKE) finetune DATA=$(DATA) EXP=$(EXP) ARGS="test_after_fit=false $(ARGS)"
 	$(MAKE) evaluate DATA=$(DATA) EXP=$(EXP) ARGS="$(ARGS)"
 	$(PY) pipelines/report.py data=$(DATA) print_report=true

@@ -33,17 +33,19 @@ def stage_commands(*arguments: str) -> dict[str, str]:
     return commands
 
 
-def test_pipeline_gives_stage_two_arguments_to_stage_two_only():
-    commands = stage_commands("pipeline", "ARGS=task=next_item")
+def test_pipeline_gives_each_stage_the_arguments_it_takes():
+    commands = stage_commands("pipeline", "ARGS=task=next_item data.history_len=100 encoder.dim=32")
     assert list(commands) == ["prepare", "pretrain", "finetune", "evaluate", "report"]
-    for stage in ("prepare", "pretrain"):
-        assert "task=" not in commands[stage] and "test_after_fit" not in commands[stage]
-    assert commands["finetune"].endswith("test_after_fit=false task=next_item")
-    assert commands["evaluate"].endswith("task=next_item")
+    assert commands["prepare"].split()[2:] == ["data=movielens_100k", "data.history_len=100"]
+    assert commands["pretrain"].split()[2:] == ["data=movielens_100k", "data.history_len=100", "encoder.dim=32"]
+    assert commands["finetune"].split()[2:] == ["data=movielens_100k", "test_after_fit=false", "task=next_item",
+                                                "data.history_len=100", "encoder.dim=32"]
+    assert commands["evaluate"].split()[2:] == ["data=movielens_100k", "task=next_item", "data.history_len=100",
+                                                "encoder.dim=32"]
 
 
-def test_finetune_pretrains_a_missing_encoder_with_the_dataset_and_experiment_only():
-    commands = stage_commands("finetune", "DATA=movielens_1m", "EXP=smoke", "ARGS=strategy=lora")
-    assert commands["pretrain"].split()[1:] == ["pipelines/pretrain.py", "data=movielens_1m", "experiment=smoke"]
-    assert commands["finetune"].split()[1:] == ["pipelines/finetune.py", "data=movielens_1m", "experiment=smoke",
-                                                "strategy=lora"]
+def test_finetune_pretrains_a_missing_encoder_without_stage_two_arguments():
+    commands = stage_commands("finetune", "DATA=movielens_1m", "EXP=smoke", "ARGS=strategy=lora encoder=paper")
+    assert commands["pretrain"].split()[2:] == ["data=movielens_1m", "experiment=smoke", "encoder=paper"]
+    assert commands["finetune"].split()[2:] == ["data=movielens_1m", "experiment=smoke", "strategy=lora",
+                                                "encoder=paper"]
