@@ -72,7 +72,7 @@ def build_stage2(cfg: DictConfig) -> tuple[UserLLM, TimelineDataModule]:
         cross_attention=OmegaConf.to_container(cfg.integration, resolve=True),
         lora=OmegaConf.to_container(cfg.strategy.lora, resolve=True) if cfg.strategy.lora else None,
         num_beams=cfg.task.num_beams, max_new_tokens=cfg.task.max_new_tokens,
-        exclude_seen=cfg.task.get("exclude_seen", False),
+        exclude_seen=cfg.task.get("exclude_seen", True),  # only next_item uses it
         popularity=torch.as_tensor(timelines.training_item_counts(), dtype=torch.float32),
         majority_label=majority_label(task, cfg.data.history_len, cfg.stride),
         sample_generations=cfg.sample_generations, **OmegaConf.to_container(cfg.optim, resolve=True),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cached_property
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -35,20 +36,27 @@ class CatalogueTrie:
         self.eos_token_id = tokenizer.eos_token_id
         self.root: dict[int, dict] = {}
         self.strings: dict[tuple[int, ...], str] = {}
-        self.token_ids: dict[str, tuple[int, ...]] = {}
-        for text in dict.fromkeys(candidates):
+        for text in candidates:
             ids = tuple(tokenize_candidate(tokenizer, text))
             previous = self.strings.setdefault(ids, text)
             if previous != text:
                 raise ValueError(f"Catalogue strings {previous!r} and {text!r} tokenise identically")
-            self.token_ids[text] = ids
             node = self.root
             for token in ids:
                 node = node.setdefault(token, {})
-        self.strings_under = self._count_under(self.token_ids.values())
         if not self.strings:
             raise ValueError("The catalogue is empty")
         self.max_length = max(len(ids) for ids in self.strings)
+
+    @cached_property
+    def token_ids(self) -> dict[str, tuple[int, ...]]:
+        """Each catalogue string's token ids (the inverse of `strings`)."""
+        return {text: ids for ids, text in self.strings.items()}
+
+    @cached_property
+    def strings_under(self) -> Counter[tuple[int, ...]]:
+        """How many catalogue strings start with each prefix: built on the first exclusion only."""
+        return self._count_under(self.strings)
 
     @staticmethod
     def _count_under(sequences: Iterable[tuple[int, ...]]) -> Counter[tuple[int, ...]]:
