@@ -54,6 +54,15 @@ def test_min_events_filter_drops_short_users(build_timelines):
     assert timelines.meta["users"] == 1 and timelines.meta["events"] == 5
 
 
+def test_user_short_once_duplicates_go_is_dropped(build_timelines):
+    rows = [("long", i, i, 4.0) for i in range(3)] + [("dup", "a", 1, 2.0), ("dup", "a", 1, 2.0), ("dup", "b", 2, 2.0)]
+    timelines = build_timelines(rows, min_events=3)
+    assert timelines.users["user_id"].to_list() == ["long"]
+    assert timelines.meta["dropped"]["exact duplicate event"] == 1
+    assert timelines.meta["dropped"]["user with fewer than 3 events"] == 2  # counted after the duplicate went
+    assert timelines.meta["dropped_users"] == 1 and timelines.meta["events"] == 3
+
+
 def test_protocol_rejects_too_few_events():
     with pytest.raises(ValueError, match="min_events"):
         Protocol(min_events=2)

@@ -42,7 +42,10 @@ MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01
 @dataclass(frozen=True)
 class SourceData:
     """What a reader hands on: the good events (`EVENT_SCHEMA`, in no guaranteed row order) and the
-    items (`ITEM_SCHEMA`, one row per item id; empty where the source lists none)."""
+    items (`ITEM_SCHEMA`, one row per item id; empty where the source lists none).
+
+    `timelines.build` consumes `events`, moving its columns out as it goes so their memory is freed early.
+    """
 
     events: pl.DataFrame
     items: pl.DataFrame

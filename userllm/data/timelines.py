@@ -158,25 +158,25 @@ def build(source: SourceData, protocol: Protocol, issues: InputIssues) -> dict[s
     User and item ids become integer codes first (their rank among the sorted ids), so that the
     steps over every event (sort, dedupe, filter) touch a few numeric columns: on the text columns
     they took most of the time and memory.
-    """
-    frame = source.events
-    rows_in = frame.height
-    (user_ids, user), (item_ids, item) = _codes(frame["user_id"]), _codes(frame["item_id"])
-    reviews = ["review_title", "review_text"] if _has_reviews(frame) else []  # carried only if present
-    frame = _in_time_order(frame.select(user.alias("user"), item.alias("item"), "timestamp", "rating",
-                                        SOURCE_LINE, *reviews))
 
-    duplicate = _duplicates(frame)
-    duplicates = int(duplicate.sum())
-    if duplicates:
-        frame = frame.filter(~duplicate)
-    kept = pl.len().over("user") >= protocol.min_events
-    short_users = frame.filter(~kept).group_by("user").len()
-    frame = frame.filter(kept)
+    `source.events` is consumed: its columns are moved out as they are used, so that the reader's
+    copy of every event (560 MB for 20M events) is freed once the events are sorted rather than
+    held until the end. On these machines a fresh page of memory costs about as much as the work
+    done on it, so the peak memory is much of the time.
+    """
+    events = source.events
+    rows_in = events.height
+    user_ids, user = _codes(events.drop_in_place("user_id"))
+    item_ids, item = _codes(events.drop_in_place("item_id"))
+    reviews = ["review_title", "review_text"] if _has_reviews(events) else []  # carried only if present
+    moved = [events.drop_in_place(name) for name in ["timestamp", "rating", SOURCE_LINE, *reviews]]
+    frame = _in_time_order(pl.DataFrame([user.alias("user"), item.alias("item"), *moved]))
+    del user, item, moved
+    frame, duplicates, short = _protocol_filter(frame, protocol.min_events, len(user_ids))
     if frame.height == 0:
         raise ValueError(
             f"no events left after filtering: {rows_in} rows read, {duplicates} duplicates, "
-            f"{short_users.height} users with fewer than data.min_events={protocol.min_events} events"
+            f"{np.count_nonzero(short)} users with fewer than data.min_events={protocol.min_events} events"
         )
 
     items = _item_table(frame, source.items, item_ids)
@@ -201,9 +201,9 @@ def build(source: SourceData, protocol: Protocol, issues: InputIssues) -> dict[s
         "dropped": {
             **issues.summary()["counts"],
             "exact duplicate event": duplicates,
-            f"user with fewer than {protocol.min_events} events": int(short_users["len"].sum()),
+            f"user with fewer than {protocol.min_events} events": int(short.sum()),
         },
-        "dropped_users": short_users.height,
+        "dropped_users": int(np.count_nonzero(short)),
         "bad_row_examples": issues.summary()["examples"],
         "vocab": {"rating": [_rating_label(r) for r in ratings.to_list()], "category": categories},
         "vocab_sizes": {
@@ -237,19 +237,24 @@ def _in_time_order(frame: pl.DataFrame) -> pl.DataFrame:
     """The events by user code, each user's by time, ties in file order; `source_line` dropped.
 
     One stable numpy sort of a single integer key (user code in the high 32 bits, seconds since
-    the first event in the low 32, enough for the schema's 110-year window) and one gather: a
-    polars sort by user, timestamp and line took twice the time and built a row encoding of
-    every event. Stability keeps ties in file order once the frame is in line order, as every
-    reader leaves it (checked; sorted first otherwise). The user column is flagged as sorted, so
+    the first event in the low 32, enough for the schema's 110-year window) and one gather per
+    column: a polars sort by user, timestamp and line took twice the time and built a row encoding
+    of every event. Stability keeps ties in file order once the frame is in line order, as every
+    reader leaves it (checked; sorted first otherwise). `frame` is consumed: each column is freed
+    once gathered, so that only one column is held twice. The user column is flagged as sorted, so
     that polars takes its fast paths for the per-user counts and runs that follow.
     """
     if not frame[SOURCE_LINE].is_sorted():
         frame = frame.sort(SOURCE_LINE)
+    frame.drop_in_place(SOURCE_LINE)
     key = frame["timestamp"].to_numpy() - frame["timestamp"].min()  # a new array: changed in place below
     if key.max() >= 1 << 32:
         raise ValueError(f"events span {key.max()} s: more than the 32 bits of the sort key")
     key |= frame["user"].to_numpy().astype(np.int64) << 32  # user codes < 2**31: the key stays positive
-    return frame.drop(SOURCE_LINE)[np.argsort(key, kind="stable")].with_columns(pl.col("user").set_sorted())
+    order = pl.Series(np.argsort(key, kind="stable"))
+    del key
+    columns = [frame.drop_in_place(name).gather(order) for name in frame.columns]
+    return pl.DataFrame(columns).with_columns(pl.col("user").set_sorted())
 
 
 def _ids(values: pl.Expr, vocab: pl.Series | list) -> pl.Expr:
@@ -262,8 +267,8 @@ def _has_reviews(frame: pl.DataFrame) -> bool:
     return frame.select(pl.col("review_text").is_not_null().any() | pl.col("review_title").is_not_null().any()).item()
 
 
-def _duplicates(frame: pl.DataFrame) -> pl.Series:
-    """Rows that repeat an earlier row's user, item, timestamp and rating, in a time-sorted frame.
+def _duplicates(frame: pl.DataFrame) -> np.ndarray:
+    """Rows (indices) that repeat an earlier row's user, item, timestamp and rating, in a time-sorted frame.
 
     Exact duplicates share user and timestamp, so only rows in such a tie can be one: checking
     those few is much cheaper than hashing every row. Ties are in file order, so the first copy
@@ -272,8 +277,24 @@ def _duplicates(frame: pl.DataFrame) -> pl.Series:
     same = (pl.col("user") == pl.col("user").shift()) & (pl.col("timestamp") == pl.col("timestamp").shift())
     tied = frame.select((same | same.shift(-1)).fill_null(False)).to_series()
     candidates = frame.with_row_index("_row").filter(tied)
-    repeats = candidates.filter(~pl.struct("user", "item", "timestamp", "rating").is_first_distinct())["_row"]
-    return pl.Series(np.zeros(frame.height, bool)).scatter(repeats, True)
+    return candidates.filter(~pl.struct("user", "item", "timestamp", "rating").is_first_distinct())["_row"].to_numpy()
+
+
+def _protocol_filter(frame: pl.DataFrame, min_events: int, num_users: int) -> tuple[pl.DataFrame, int, np.ndarray]:
+    """The time-sorted events without exact duplicates and without users left under `min_events`.
+
+    Returns the kept events, the number of duplicates, and per user code the events dropped for
+    being too few (0 for a kept user). Both drops are one filter: each filter of the frame costs
+    a fresh copy of every event.
+    """
+    user = frame["user"].to_numpy()
+    repeats = _duplicates(frame)
+    counts = np.bincount(user, minlength=num_users)
+    np.subtract.at(counts, user[repeats], 1)  # each user's events once the duplicates are gone
+    short = counts < min_events
+    keep = ~short[user]
+    keep[repeats] = False
+    return frame.filter(keep), len(repeats), np.where(short, counts, 0)
 
 
 def _item_table(frame: pl.DataFrame, listed: pl.DataFrame, item_ids: pl.Series) -> pl.DataFrame:
