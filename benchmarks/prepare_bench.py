@@ -10,7 +10,8 @@ not the parent's or the other implementation's:
   (b) pandas: the same steps written idiomatically with pandas defaults (see `pandas_prepare`).
 
 Both must produce the same number of events, users and items. The table is printed and written to
-`benchmarks/results/prepare_bench.md`, the raw numbers to `prepare_bench.json`.
+`prepare_bench.md` in `--results-dir` (default `benchmarks/results/`), the raw numbers to
+`prepare_bench.json`.
 
     python benchmarks/prepare_bench.py                 # full 20M rows
     python benchmarks/prepare_bench.py --rows 2000000  # quick
@@ -416,12 +417,12 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
     return found if args.skip_pandas else [*found, Contender("pandas", "pandas")]
 
 
-def measure(contender: Contender, raw_dir: Path, min_events: int) -> dict:
+def measure(contender: Contender, raw_dir: Path, min_events: int, results: Path) -> dict:
     """One run in a child process; its output folder is measured, then removed."""
     env = dict(os.environ)
     if contender.checkout:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(contender.checkout), env.get("PYTHONPATH")]))
-    out_dir = Path(tempfile.mkdtemp(dir=RESULTS, prefix=f".prepare-{contender.kind}-"))
+    out_dir = Path(tempfile.mkdtemp(dir=results, prefix=f".prepare-{contender.kind}-"))
     try:
         done = subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "--worker", contender.kind, "--raw-dir", str(raw_dir),
@@ -510,8 +511,9 @@ def run_benchmark(args: argparse.Namespace) -> None:
     import polars
 
     shape = Shape(args.rows, args.users or default_users(args.rows), args.items, args.seed)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    raw_dir = ensure_dataset(shape, args.cache_dir or shape.cache_dir(RESULTS))
+    results = args.results_dir
+    results.mkdir(parents=True, exist_ok=True)
+    raw_dir = ensure_dataset(shape, args.cache_dir or shape.cache_dir(results))
     warm_page_cache(raw_dir)
     context = {"shape": asdict(shape), "min_events": args.min_events, "repeat": args.repeat,
                "cpus": len(os.sched_getaffinity(0)), "load_before": os.getloadavg()[0],
@@ -519,13 +521,13 @@ def run_benchmark(args: argparse.Namespace) -> None:
     runs: dict[str, list[dict]] = {c.label: [] for c in contenders(args)}
     for _ in range(args.repeat):
         for contender in contenders(args):  # interleaved, so that a burst of load elsewhere hits all alike
-            runs[contender.label].append(measure(contender, raw_dir, args.min_events))
+            runs[contender.label].append(measure(contender, raw_dir, args.min_events, results))
     summary = {label: summarize(results) for label, results in runs.items()}
     check_same_counts(summary)
     table = markdown(summary, context)
     print("\n" + table)
-    (RESULTS / "prepare_bench.md").write_text(table)
-    (RESULTS / "prepare_bench.json").write_text(json.dumps({"context": context, "results": summary}, indent=2))
+    (results / "prepare_bench.md").write_text(table)
+    (results / "prepare_bench.json").write_text(json.dumps({"context": context, "results": summary}, indent=2))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -539,7 +541,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-pandas", action="store_true", help="measure the project only")
     parser.add_argument("--project-checkout", type=Path, action="append", default=[],
                         help="also measure the userllm of another checkout (a patch under review); repeatable")
-    parser.add_argument("--cache-dir", type=Path, help="where the synthetic files live (default: results/ml20m_synth*)")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS,
+                        help="where the tables, the synthetic files and the runs' outputs go (default: %(default)s)")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="where the synthetic files live (default: <results-dir>/ml20m_synth*)")
     parser.add_argument("--worker", choices=list(IMPLEMENTATIONS), help=argparse.SUPPRESS)
     parser.add_argument("--raw-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out-dir", type=Path, help=argparse.SUPPRESS)
