@@ -236,25 +236,18 @@ def _codes(ids: pl.Series) -> tuple[pl.Series, pl.Series]:
 def _in_time_order(frame: pl.DataFrame) -> pl.DataFrame:
     """The events by user code, each user's by time, ties in file order; `source_line` dropped.
 
-    One stable numpy sort of a single integer key (user code in the high 32 bits, seconds since
-    the first event in the low 32, enough for the schema's 110-year window) and one gather per
-    column: a polars sort by user, timestamp and line took twice the time and built a row encoding
-    of every event. Stability keeps ties in file order once the frame is in line order, as every
-    reader leaves it (checked; sorted first otherwise). `frame` is consumed: each column is freed
-    once gathered, so that only one column is held twice. The user column is flagged as sorted, so
-    that polars takes its fast paths for the per-user counts and runs that follow.
+    Polars' stable sort (`maintain_order`) keeps ties in file order once the frame is in line order,
+    as every reader leaves it (checked; sorted first otherwise), so the line need not be a sort key:
+    sorting by user and time alone, on both cores, took half the time of one stable numpy sort of
+    a 64-bit user-and-time key and four gathers (1.25 against 2.35 s on 20M events), for 200 MB more
+    peak memory. The user column is flagged as sorted, so that polars takes its fast paths for the
+    per-user counts and runs that follow.
     """
     if not frame[SOURCE_LINE].is_sorted():
         frame = frame.sort(SOURCE_LINE)
-    frame.drop_in_place(SOURCE_LINE)
-    key = frame["timestamp"].to_numpy() - frame["timestamp"].min()  # a new array: changed in place below
-    if key.max() >= 1 << 32:
-        raise ValueError(f"events span {key.max()} s: more than the 32 bits of the sort key")
-    key |= frame["user"].to_numpy().astype(np.int64) << 32  # user codes < 2**31: the key stays positive
-    order = pl.Series(np.argsort(key, kind="stable"))
-    del key
-    columns = [frame.drop_in_place(name).gather(order) for name in frame.columns]
-    return pl.DataFrame(columns).with_columns(pl.col("user").set_sorted())
+    return frame.drop(SOURCE_LINE).sort("user", "timestamp", maintain_order=True).with_columns(
+        pl.col("user").set_sorted()
+    )
 
 
 def _ids(values: pl.Expr, vocab: pl.Series | list) -> pl.Expr:
