@@ -24,7 +24,7 @@ EVENT_SCHEMA: dict[str, pl.DataType] = {
     "rating": pl.Float32(),  # null where the source has none
     "review_title": pl.String(),  # null where the source has none, as the review text
     "review_text": pl.String(),
-    SOURCE_LINE: pl.Int64(),
+    SOURCE_LINE: pl.UInt32(),  # polars' row index type: 4 bytes per event, not 8
 }
 
 ITEM_SCHEMA: dict[str, pl.DataType] = {

@@ -68,7 +68,7 @@ def scan_json_lines(path: Path, fields: Mapping[str, pl.DataType]) -> tuple[pl.L
         return _decode(lines, dtype), []
     malformed = ~pl.col(LINE).str.json_path_match("$").str.starts_with("{").fill_null(False)
     well_formed = lines.filter(~malformed).collect(engine="streaming")
-    wrong_type = pl.Series(_undecodable(well_formed, dtype), dtype=pl.Int64).implode()
+    wrong_type = pl.Series(_undecodable(well_formed, dtype), dtype=pl.UInt32).implode()
     flagged = lines.with_columns(
         malformed.alias(_MALFORMED), pl.col(SOURCE_LINE).is_in(wrong_type).alias(_WRONG_TYPE)
     )

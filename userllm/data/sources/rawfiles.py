@@ -69,7 +69,7 @@ def scan_lines(path: Path, encoding: str = "utf-8") -> pl.LazyFrame:
         encoding="utf8-lossy", truncate_ragged_lines=True,
     )
     return lines.with_row_index(SOURCE_LINE, offset=1).with_columns(
-        pl.col(SOURCE_LINE).cast(pl.Int64), pl.col(LINE).str.strip_suffix("\r")
+        pl.col(LINE).str.strip_suffix("\r")
     )
 
 
@@ -119,7 +119,7 @@ def _scan_csv(path: Path, schema: dict[str, pl.DataType], **options) -> pl.LazyF
         row_index_offset=2, **options,
     )
     blank = pl.all_horizontal(pl.col(name).is_null() for name in schema if name != WRONG_FIELD_COUNT)
-    return frame.filter(~blank).with_columns(pl.col(SOURCE_LINE).cast(pl.Int64))
+    return frame.filter(~blank)
 
 
 def split_list(column: str, separator: str) -> pl.Expr:
