@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from userllm.data.issues import BadInputError, InputIssues
-from userllm.data.schema import EVENT_SCHEMA, ITEM_SCHEMA, SOURCE_LINE
+from userllm.data.schema import EVENT_SCHEMA, ITEM_SCHEMA, NUMBER_ID_SCHEMA, SOURCE_LINE
 from userllm.data.sources import READERS, read_events, rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,9 +28,11 @@ def write(path: Path, lines: list[str | dict], encoding: str = "utf-8") -> Path:
 
 def read(fmt: str, raw_dir: Path, issues: InputIssues | None = None, **options) -> pl.DataFrame:
     """The events with their item's title and categories, sorted by line (readers keep `source_line`,
-    not the row order), after checking that both tables are canonical."""
+    not the row order), after checking that both tables are canonical (MovieLens' ids are numbers)."""
     source = read_events(fmt, raw_dir, issues or InputIssues(), **options)
-    assert source.events.schema == EVENT_SCHEMA and source.items.schema == ITEM_SCHEMA
+    numbers = fmt.startswith("movielens") and not (raw_dir / "ml-100k.inter").exists()
+    assert source.events.schema == (NUMBER_ID_SCHEMA if numbers else EVENT_SCHEMA)
+    assert source.items.schema == ITEM_SCHEMA
     assert source.items["item_id"].is_unique().all(), "one row per item"
     titled = source.events.with_columns(pl.col("user_id", "item_id").cast(pl.String)).join(
         source.items, on="item_id", how="left"
@@ -167,7 +169,8 @@ def test_movielens_csv_rejects_a_foreign_header(tmp_path):
 
 
 ODD_BUT_VALID = [f"1,1, 3.5,{T0}", f"2,11,+4,\t{T0}", f'3,1,"05",+{T0}', f"4,11,4.,{T0}", f"5,1,.5,0{T0}",
-                 f"6,11,1e0,{T0}", "", f"7,1,5,{T0}"]  # padded, signed, quoted, odd decimals; a blank line
+                 f"6,11,1e0,{T0}", "", f"7,1,5,{T0}", f"008, +0011,4,{T0}"]  # padded, signed, quoted, odd decimals
+# and ids written oddly; a blank line
 
 
 def test_movielens_csv_fast_path_agrees_with_the_checked_path(tmp_path, monkeypatch):
@@ -180,9 +183,10 @@ def test_movielens_csv_fast_path_agrees_with_the_checked_path(tmp_path, monkeypa
     write_movielens_csv(tmp_path, ODD_BUT_VALID)
     fast = read("movielens_20m", tmp_path)
     assert text_scans == ["movies.csv"], "a clean ratings.csv needs no text scan"
-    assert fast["rating"].to_list() == [3.5, 4.0, 5.0, 4.0, 0.5, 1.0, 5.0]
-    assert fast[SOURCE_LINE].to_list() == [2, 3, 4, 5, 6, 7, 9]
-    for bad_row in (f"1,1,abc,{T0}", f"  ,1,3.5,{T0}"):  # a bad number; a blank id, which polars reads as text
+    assert fast["rating"].to_list() == [3.5, 4.0, 5.0, 4.0, 0.5, 1.0, 5.0, 4.0]
+    assert fast[SOURCE_LINE].to_list() == [2, 3, 4, 5, 6, 7, 9, 10]
+    assert fast.row(-1)[:2] == ("8", "11") and fast["title"][-1] == "American President, The (1995)"
+    for bad_row in (f"1,1,abc,{T0}", f"  ,1,3.5,{T0}", f"u1,1,3.5,{T0}"):  # a bad number, a blank id, a named one
         write_movielens_csv(tmp_path, [*ODD_BUT_VALID, bad_row])
         issues = tolerant()
         assert read("movielens_20m", tmp_path, issues).equals(fast)
@@ -288,6 +292,9 @@ def test_bad_csv_rows_are_counted_and_skipped(tmp_path):
         f",1,3.5,{T0}",         # 10
         f"1,1,,{T0}",           # 11
         f"1,1,4,{T0}z",         # 12
+        f"u1,1,4,{T0}",         # 13 MovieLens ids are whole numbers
+        f"1,-11,4,{T0}",        # 14
+        f"4294967296,1,4,{T0}",  # 15 beyond UInt32
     ])
     issues = tolerant()
     events = read("movielens_20m", tmp_path, issues)
@@ -295,9 +302,21 @@ def test_bad_csv_rows_are_counted_and_skipped(tmp_path):
     path = tmp_path / "ratings.csv"
     assert issues.counts == {"rating not a number": 1, "missing field timestamp": 1, "wrong number of fields": 1,
                              "timestamp out of range": 2, "item not in meta file": 1, "missing field user_id": 1,
-                             "missing field rating": 1, "timestamp not a number": 1}
+                             "missing field rating": 1, "timestamp not a number": 1,
+                             "user_id not a whole number": 2, "item_id not a whole number": 1}
+    assert issues.examples["user_id not a whole number"] == [f"{path}:13", f"{path}:15"]
     assert issues.examples["timestamp out of range"] == [f"{path}:7", f"{path}:8"]
     assert issues.examples["item not in meta file"] == [f"{path}:9"]
+
+
+def test_movielens_movie_ids_are_whole_numbers(tmp_path):
+    write_movielens_csv(tmp_path, [f"1,1,3.5,{T0}", f"1,11,3.5,{T0}"])
+    write(tmp_path / "movies.csv", ["movieId,title,genres", "01,Toy Story (1995),Animation", "M11,Heat (1995),Crime"])
+    issues = tolerant()
+    events = read("movielens_20m", tmp_path, issues)
+    assert events["title"].to_list() == ["Toy Story (1995)"]  # "01" is movie 1; "M11" lists no movie 11
+    assert issues.counts == {"item_id not a whole number": 1, "item not in meta file": 1}
+    assert issues.examples["item_id not a whole number"] == [f"{tmp_path / 'movies.csv'}:3"]
 
 
 def test_bad_json_rows_are_counted_and_skipped(tmp_path):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from itertools import product
 
 import numpy as np
+import polars as pl
 import pytest
 
 from userllm.data.issues import InputIssues
@@ -36,6 +38,19 @@ def test_ties_keep_file_order_when_events_come_in_another_order(tmp_path):
     prepare(shuffled, tmp_path / "out", Protocol(3), InputIssues(), "test")
     timelines = Timelines.load(tmp_path / "out")
     assert user_items(timelines, "u") == ["a", "b", "d", "c"] and user_items(timelines, "v") == ["a", "e", "f"]
+
+
+@pytest.mark.parametrize("ids", [[9, 10, 100], [9, 10, 4_000_000_000]])  # a table of ranks; too sparse for one
+def test_whole_number_ids_get_the_codes_of_their_text(tmp_path, ids):
+    rows = [(user, item, time, 4.0) for time, (user, item) in enumerate(product(ids, ids))]
+    text = make_source(rows)
+    numbers = replace(text, events=text.events.with_columns(pl.col("user_id", "item_id").cast(pl.String).cast(pl.UInt32)))
+    prepare(text, tmp_path / "text", Protocol(3), InputIssues(), "test")
+    prepare(numbers, tmp_path / "numbers", Protocol(3), InputIssues(), "test")
+    for table in ("events", "users", "items"):
+        assert pl.read_parquet(tmp_path / f"numbers/{table}.parquet").equals(
+            pl.read_parquet(tmp_path / f"text/{table}.parquet"))
+    assert pl.read_parquet(tmp_path / "numbers/users.parquet")["user_id"].to_list() == sorted(map(str, ids))
 
 
 def test_exact_duplicates_removed_and_counted(build_timelines):

@@ -27,6 +27,11 @@ EVENT_SCHEMA: dict[str, pl.DataType] = {
     SOURCE_LINE: pl.UInt32(),  # polars' row index type: 4 bytes per event, not 8
 }
 
+# Formats whose ids are whole numbers by definition (MovieLens) hand them on as numbers instead:
+# polars parses 20M numbers in two thirds of the time it takes to build categoricals, and the
+# timelines treat a number as the id written in decimal.
+NUMBER_ID_SCHEMA: dict[str, pl.DataType] = {**EVENT_SCHEMA, "user_id": pl.UInt32(), "item_id": pl.UInt32()}
+
 ITEM_SCHEMA: dict[str, pl.DataType] = {
     "item_id": pl.String(),
     "title": pl.String(),  # null where the source has none
@@ -41,8 +46,8 @@ MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01
 
 @dataclass(frozen=True)
 class SourceData:
-    """What a reader hands on: the good events (`EVENT_SCHEMA`, in no guaranteed row order) and the
-    items (`ITEM_SCHEMA`, one row per item id; empty where the source lists none).
+    """What a reader hands on: the good events (`EVENT_SCHEMA` or `NUMBER_ID_SCHEMA`, in no guaranteed
+    row order) and the items (`ITEM_SCHEMA`, one row per item id; empty where the source lists none).
 
     `timelines.build` consumes `events`, moving its columns out as it goes so their memory is freed early.
     """

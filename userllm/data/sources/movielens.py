@@ -4,6 +4,8 @@ ml-latest). ml-100k is also read from RecBole's atomic copy, which the defaults 
 Every release has a ratings file and a movies file whose titles carry the year, "Toy Story (1995)".
 Genres come as flags (ml-100k) or `|`-separated names; the placeholders "unknown" and
 "(no genres listed)" are dropped, so a movie without genres has an empty list everywhere.
+User and movie ids are whole numbers in every release; they are read as numbers (`NUMBER_ID_SCHEMA`),
+and a row whose id is not one is bad.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from pathlib import Path
 import polars as pl
 
 from userllm.data.issues import BadInputError, InputIssues
-from userllm.data.schema import SourceData
+from userllm.data.schema import NUMBER_ID_SCHEMA, SourceData
 from userllm.data.sources.rawfiles import (
     check_header, field_count_check, find_file, scan_csv_strings, scan_csv_typed, scan_lines, split_fields,
     split_list,
 )
 from userllm.data.sources.recbole import read_recbole
-from userllm.data.sources.rows import Check, finish_events, finish_items
+from userllm.data.sources.rows import Check, finish_events, finish_items, whole_number_ids
 
 GENRES_100K = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
@@ -28,9 +30,8 @@ GENRES_100K = (
 )  # the order of u.genre, which is the order of the flag columns in u.item
 _NO_GENRES = ["unknown", "(no genres listed)"]
 _EVENT_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
-# ratings.csv as polars parses it for the fast path. Ids stay text, as in the checked path, but go
-# straight into categoricals: no string column is built for them.
-_TYPED_RATINGS = {"user_id": pl.Categorical(), "item_id": pl.Categorical(), "rating": pl.Float64(),
+# ratings.csv as polars parses it for the fast path: no text column is built at all.
+_TYPED_RATINGS = {"user_id": pl.UInt32(), "item_id": pl.UInt32(), "rating": pl.Float64(),
                   "timestamp": pl.Int64()}
 
 
@@ -92,10 +93,11 @@ def _read_movielens(ratings: pl.LazyFrame, ratings_path: Path, movies: pl.LazyFr
                     issues: InputIssues, ratings_check: Check, movies_check: Check,
                     typed: pl.LazyFrame | None = None) -> SourceData:
     """Check both files: what every MovieLens release shares past its parsing."""
-    movies = finish_items(movies, [movies_check], movies_path, issues, "item_id", "MovieLens movies")
+    movies, id_checks = whole_number_ids(movies, {"item_id": "item_id"})
+    movies = finish_items(movies, [movies_check, *id_checks], movies_path, issues, "item_id", "MovieLens movies")
     fields = {name: name for name in _EVENT_COLUMNS}  # the releases disagree on names; ours are neutral
     return finish_events(ratings, [ratings_check], ratings_path, issues, fields=fields, what="MovieLens ratings",
-                         items=movies, items_path=movies_path, typed=typed)
+                         items=movies, items_path=movies_path, typed=typed, schema=NUMBER_ID_SCHEMA)
 
 
 def _with_genres(movies: pl.LazyFrame) -> pl.LazyFrame:

@@ -23,6 +23,7 @@ from userllm.data.schema import (
     EVENT_SCHEMA, ITEM_SCHEMA, MAX_TIMESTAMP, MIN_TIMESTAMP, SOURCE_LINE, SourceData, to_canonical,
 )
 
+_ID_COLUMNS = ("user_id", "item_id")
 _REASON = "_reason"
 _TIME_UNITS = {"s": ("seconds", 1), "ms": ("milliseconds", 1000)}
 
@@ -152,7 +153,7 @@ def _unlisted(items: pl.DataFrame, items_path: Path) -> Check:
 def finish_events(events: pl.LazyFrame, checks: Sequence[Check], path: Path, issues: InputIssues, *,
                   fields: Mapping[str, str], what: str, items: pl.DataFrame | None = None,
                   items_path: Path | None = None, time_unit: str = "s", rating_required: bool = True,
-                  typed: pl.LazyFrame | None = None) -> SourceData:
+                  typed: pl.LazyFrame | None = None, schema: dict[str, pl.DataType] = EVENT_SCHEMA) -> SourceData:
     """Type and check the events of `path`, drop the bad ones, and pair them with `items`.
 
     `checks` are the format's own (malformed lines); they come before the field checks so that a
@@ -160,19 +161,24 @@ def finish_events(events: pl.LazyFrame, checks: Sequence[Check], path: Path, iss
     finished item file at `items_path`), an event of an item it does not list is bad.
     `typed` is the same file scanned with polars parsing the numbers (`scan_csv_typed`): if given,
     it is tried first, and the text scan `events` is read only when a row is bad.
+    `schema` is `EVENT_SCHEMA`, or `NUMBER_ID_SCHEMA` for a format whose ids are whole numbers
+    (then `items` must list them as `whole_number_ids` writes them).
     """
-    clean = None if typed is None else _all_good(typed, items, time_unit, rating_required)
+    clean = None if typed is None else _all_good(typed, items, time_unit, rating_required, schema)
     if clean is None:
         events, field_checks = _typed_events(events, fields, time_unit, rating_required)
+        if schema["user_id"].is_integer():
+            events, id_checks = whole_number_ids(events, {name: fields[name] for name in _ID_COLUMNS})
+            checks = [*checks, *id_checks]
         checks = [*checks, *field_checks]
         if items is not None:
             checks.append(_unlisted(items, items_path))
-        clean = drop_bad_rows(events, checks, path, issues, what, EVENT_SCHEMA)
+        clean = drop_bad_rows(events, checks, path, issues, what, schema)
     return SourceData(clean, pl.DataFrame(schema=ITEM_SCHEMA) if items is None else items)
 
 
-def _all_good(typed: pl.LazyFrame, items: pl.DataFrame | None, time_unit: str,
-              rating_required: bool) -> pl.DataFrame | None:
+def _all_good(typed: pl.LazyFrame, items: pl.DataFrame | None, time_unit: str, rating_required: bool,
+              schema: dict[str, pl.DataType]) -> pl.DataFrame | None:
     """The canonical events of a scan that parsed the numbers itself, or None if any row is bad.
 
     The fast path for a big clean file: no text is kept for its numbers, which halves the time of
@@ -186,8 +192,9 @@ def _all_good(typed: pl.LazyFrame, items: pl.DataFrame | None, time_unit: str,
         rating = rating | pl.col("rating").is_null()
     good = pl.col("user_id").is_not_null() & pl.col("item_id").is_not_null() & _in_window(seconds) & rating
     if items is not None:
-        good = good & pl.col("item_id").is_in(items["item_id"].implode())
-    events = to_canonical(typed.with_columns(whole.alias("timestamp")))
+        listed = items["item_id"].cast(schema["item_id"], strict=False)
+        good = good & pl.col("item_id").is_in(listed.implode())
+    events = to_canonical(typed.with_columns(whole.alias("timestamp")), schema)
     try:
         events, verdict = pl.collect_all([events, typed.select(good.fill_null(False).all())], engine="streaming")
     except pl.exceptions.PolarsError:
@@ -212,8 +219,27 @@ def _scanned_seconds(typed: pl.LazyFrame, time_unit: str) -> tuple[pl.Expr, pl.E
 
 def _has_blank_ids(events: pl.DataFrame) -> bool:
     """Whether a user or item id is only whitespace: checked on the distinct ids, not on every event
-    (keeping their order made polars' unique three times as fast)."""
+    (keeping their order made polars' unique three times as fast). A number is never blank."""
     return any(
         events[name].unique(maintain_order=True).cast(pl.String).to_frame().select(is_blank(name).any()).item()
-        for name in ("user_id", "item_id")
+        for name in _ID_COLUMNS if not events[name].dtype.is_integer()
     )
+
+
+def whole_number_ids(frame: pl.LazyFrame, fields: Mapping[str, str]) -> tuple[pl.LazyFrame, list[Check]]:
+    """Ids that are whole numbers by the format's definition, as their plain decimal text ("7").
+
+    `fields` maps the id columns to the publisher's names. An id reads as polars' CSV parser reads
+    a number (leading spaces, a plus sign and leading zeros allowed: " +007" is 7), so that the text
+    path and `scan_csv_typed` agree. One that is no such number, or is beyond UInt32, makes its row
+    bad (the returned checks); a blank one becomes null, for the missing-field check.
+    """
+    texts = {name: f"_{name}_text" for name in fields}
+    frame = frame.rename(texts).with_columns(
+        pl.col(text).str.strip_chars_start(" \t").str.to_integer(strict=False).cast(pl.UInt32, strict=False)
+        .cast(pl.String).alias(name)
+        for name, text in texts.items()
+    )
+    checks = [Check(f"{field} not a whole number", pl.col(name).is_null() & ~is_blank(texts[name]),
+                    "a whole number from 0 to 4294967295") for name, field in fields.items()]
+    return frame, checks
