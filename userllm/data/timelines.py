@@ -160,9 +160,9 @@ def build(source: SourceData, protocol: Protocol, issues: InputIssues) -> dict[s
     they took most of the time and memory.
 
     `source.events` is consumed: its columns are moved out as they are used, so that the reader's
-    copy of every event (560 MB for 20M events) is freed once the events are sorted rather than
-    held until the end. On these machines a fresh page of memory costs about as much as the work
-    done on it, so the peak memory is much of the time.
+    copy of every event (480 MB for 20M MovieLens ratings) is freed once the events are sorted
+    rather than held until the end. On these machines a fresh page of memory costs about as much as
+    the work done on it (benchmarks/README.md), so the peak memory is much of the time.
     """
     events = source.events
     rows_in = events.height
@@ -172,11 +172,11 @@ def build(source: SourceData, protocol: Protocol, issues: InputIssues) -> dict[s
     moved = [events.drop_in_place(name) for name in ["timestamp", "rating", SOURCE_LINE, *reviews]]
     frame = _in_time_order(pl.DataFrame([user.alias("user"), item.alias("item"), *moved]))
     del user, item, moved
-    frame, duplicates, short = _protocol_filter(frame, protocol.min_events, len(user_ids))
+    frame, duplicates, short_counts = _protocol_filter(frame, protocol.min_events, len(user_ids))
     if frame.height == 0:
         raise ValueError(
             f"no events left after filtering: {rows_in} rows read, {duplicates} duplicates, "
-            f"{np.count_nonzero(short)} users with fewer than data.min_events={protocol.min_events} events"
+            f"{np.count_nonzero(short_counts)} users with fewer than data.min_events={protocol.min_events} events"
         )
 
     items = _item_table(frame, source.items, item_ids)
@@ -201,9 +201,9 @@ def build(source: SourceData, protocol: Protocol, issues: InputIssues) -> dict[s
         "dropped": {
             **issues.summary()["counts"],
             "exact duplicate event": duplicates,
-            f"user with fewer than {protocol.min_events} events": int(short.sum()),
+            f"user with fewer than {protocol.min_events} events": int(short_counts.sum()),
         },
-        "dropped_users": int(np.count_nonzero(short)),
+        "dropped_users": int(np.count_nonzero(short_counts)),
         "bad_row_examples": issues.summary()["examples"],
         "vocab": {"rating": [_rating_label(r) for r in ratings.to_list()], "category": categories},
         "vocab_sizes": {
