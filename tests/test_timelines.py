@@ -44,7 +44,8 @@ def test_ties_keep_file_order_when_events_come_in_another_order(tmp_path):
 def test_whole_number_ids_get_the_codes_of_their_text(tmp_path, ids):
     rows = [(user, item, time, 4.0) for time, (user, item) in enumerate(product(ids, ids))]
     text = make_source(rows)
-    numbers = replace(text, events=text.events.with_columns(pl.col("user_id", "item_id").cast(pl.String).cast(pl.UInt32)))
+    as_numbers = pl.col("user_id", "item_id").cast(pl.String).cast(pl.UInt32)
+    numbers = replace(text, events=text.events.with_columns(as_numbers))
     prepare(text, tmp_path / "text", Protocol(3), InputIssues(), "test")
     prepare(numbers, tmp_path / "numbers", Protocol(3), InputIssues(), "test")
     for table in ("events", "users", "items"):
