@@ -181,7 +181,7 @@ def build(source: SourceData, protocol: Protocol, issues: InputIssues) -> dict[s
 
     items = _item_table(frame, source.items, item_ids)
     categories = _category_vocab(items)
-    ratings = frame["rating"].drop_nulls().unique().sort()
+    ratings = frame["rating"].unique().drop_nulls().sort()
     items = items.with_columns(category=_ids(pl.col("categories").list.first(), categories))
     encoded = _encode(frame, items, ratings, reviews)
     users = _user_table(frame, user_ids)
@@ -288,7 +288,7 @@ def _protocol_filter(frame: pl.DataFrame, min_events: int, num_users: int) -> tu
     """
     user = frame["user"].to_numpy()
     repeats = _duplicates(frame)
-    counts = np.bincount(user, minlength=num_users)
+    counts = np.diff(np.searchsorted(user, np.arange(num_users + 1, dtype=user.dtype)))  # user is sorted
     np.subtract.at(counts, user[repeats], 1)  # each user's events once the duplicates are gone
     short = counts < min_events
     keep = ~short[user]
@@ -334,9 +334,9 @@ def _encode(frame: pl.DataFrame, items: pl.DataFrame, ratings: pl.Series, review
     category = pl.Series(np.full(size, UNKNOWN, np.int32)).scatter(items["code"], items["category"])
     return frame.select(
         pl.col("user").rle_id().cast(pl.Int32),
-        item.gather(frame["item"]).alias("item"),
+        pl.lit(item).gather(pl.col("item")).alias("item"),
         _ids(pl.col("rating"), ratings).alias("rating"),
-        category.gather(frame["item"]).alias("category"),
+        pl.lit(category).gather(pl.col("item")).alias("category"),
         "timestamp",
         *reviews,
     )
