@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -166,8 +167,10 @@ def build(source: SourceData, protocol: Protocol, issues: InputIssues) -> dict[s
     """
     events = source.events
     rows_in = events.height
-    user_ids, user = _codes(events.drop_in_place("user_id"))
-    item_ids, item = _codes(events.drop_in_place("item_id"))
+    with ThreadPoolExecutor(2) as pool:  # the two are independent, and neither keeps both cores busy alone
+        ids = [events.drop_in_place("user_id"), events.drop_in_place("item_id")]
+        (user_ids, user), (item_ids, item) = pool.map(_codes, ids)
+        del ids
     reviews = ["review_title", "review_text"] if _has_reviews(events) else []  # carried only if present
     moved = [events.drop_in_place(name) for name in ["timestamp", "rating", SOURCE_LINE, *reviews]]
     frame = _in_time_order(pl.DataFrame([user.alias("user"), item.alias("item"), *moved]))
