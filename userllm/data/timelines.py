@@ -152,8 +152,8 @@ class Timelines:
 def build(source: SourceData, protocol: Protocol, issues: InputIssues) -> dict[str, pl.DataFrame | dict]:
     """Turn a reader's events and items into the artifact tables and the statistics for `meta.json`.
 
-    Steps, in order: drop exact duplicate events (first one in file order kept), drop users with
-    fewer than `protocol.min_events` events, sort each user's events by time (stable on ties), and
+    Steps, in order: sort each user's events by time (stable on ties), drop exact duplicate events
+    (the first in file order kept) and users left with fewer than `protocol.min_events` events, and
     map every feature to integer ids (0 padding, 1 unknown; items by descending frequency).
 
     User and item ids become integer codes first (their rank among the sorted ids), so that the
