@@ -70,6 +70,13 @@ def test_min_events_filter_drops_short_users(build_timelines):
     assert timelines.meta["users"] == 1 and timelines.meta["events"] == 5
 
 
+def test_same_event_of_two_users_is_no_duplicate(build_timelines):
+    rows = [("u", "a", 1, 3.0), ("u", "b", 2, 3.0), ("u", "c", 3, 3.0), ("v", "c", 3, 3.0), ("v", "d", 4, 3.0),
+            ("v", "e", 5, 3.0)]  # u's last and v's first event are neighbours once sorted, equal but the user
+    timelines = build_timelines(rows)
+    assert timelines.meta["dropped"]["exact duplicate event"] == 0 and timelines.meta["events"] == 6
+
+
 def test_user_short_once_duplicates_go_is_dropped(build_timelines):
     rows = [("long", i, i, 4.0) for i in range(3)] + [("dup", "a", 1, 2.0), ("dup", "a", 1, 2.0), ("dup", "b", 2, 2.0)]
     timelines = build_timelines(rows, min_events=3)

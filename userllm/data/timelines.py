@@ -272,11 +272,13 @@ def _has_reviews(frame: pl.DataFrame) -> bool:
 def _duplicates(frame: pl.DataFrame) -> np.ndarray:
     """Rows (indices) that repeat an earlier row's user, item, timestamp and rating, in a time-sorted frame.
 
-    Exact duplicates share user and timestamp, so only rows in such a tie can be one: checking
-    those few is much cheaper than hashing every row. Ties are in file order, so the first copy
-    in the frame is the first in the file.
+    Exact duplicates sit next to each other in the sorted frame with the same timestamp, so only
+    rows whose timestamp equals a neighbour's can be one: checking those few (the user too) is much
+    cheaper than hashing every row, and comparing the timestamps alone to find them is cheaper than
+    comparing the users as well. Ties are in file order, so the first copy in the frame is the
+    first in the file.
     """
-    same = (pl.col("user") == pl.col("user").shift()) & (pl.col("timestamp") == pl.col("timestamp").shift())
+    same = pl.col("timestamp") == pl.col("timestamp").shift()
     tied = frame.select((same | same.shift(-1)).fill_null(False)).to_series()
     candidates = frame.with_row_index("_row").filter(tied)
     return candidates.filter(~pl.struct("user", "item", "timestamp", "rating").is_first_distinct())["_row"].to_numpy()
