@@ -522,7 +522,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
     for _ in range(args.repeat):
         for contender in contenders(args):  # interleaved, so that a burst of load elsewhere hits all alike
             runs[contender.label].append(measure(contender, raw_dir, args.min_events, results))
-    summary = {label: summarize(results) for label, results in runs.items()}
+    summary = {label: summarize(measured) for label, measured in runs.items()}
     check_same_counts(summary)
     table = markdown(summary, context)
     print("\n" + table)

@@ -235,9 +235,10 @@ def _codes(ids: pl.Series) -> tuple[pl.Series, pl.Series]:
     distinct = distinct.gather(order)
     text = distinct.cast(pl.String)
     physical = distinct.to_physical().to_numpy()
-    if physical.max() > 2 * len(ids) + 1024:  # e.g. a few ids in the billions
+    largest = int(physical.max())
+    if largest > 2 * len(ids) + 1024:  # e.g. a few ids in the billions
         return text, ids.replace_strict(distinct, pl.int_range(len(distinct), dtype=pl.UInt32, eager=True))
-    rank = np.zeros(int(physical.max()) + 1, np.uint32)
+    rank = np.zeros(largest + 1, np.uint32)
     rank[physical] = np.arange(len(physical), dtype=np.uint32)
     return text, pl.Series(rank).gather(ids.to_physical())
 

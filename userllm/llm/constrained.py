@@ -20,6 +20,9 @@ from functools import cached_property
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+# Per prefix of token ids, the next tokens that lead only to excluded strings (`CatalogueTrie.excluded`).
+Exclusion = dict[tuple[int, ...], set[int]]
+
 
 def tokenize_candidate(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """The token ids the LLM should generate for `text`: its own tokens, then EOS."""
@@ -63,17 +66,17 @@ class CatalogueTrie:
         """How many of `sequences` start with each prefix (the empty one left out)."""
         return Counter(ids[:end] for ids in sequences for end in range(1, len(ids) + 1))
 
-    def excluded(self, strings: Iterable[str]) -> dict[tuple[int, ...], set[int]]:
+    def excluded(self, strings: Iterable[str]) -> Exclusion:
         """`strings` in the form `allowed_tokens` takes: per prefix, the next tokens that lead only to
         excluded strings (strings outside the catalogue are ignored)."""
         under = self._count_under(self.token_ids[text] for text in set(strings) if text in self.token_ids)
-        blocked: dict[tuple[int, ...], set[int]] = {}
+        blocked: Exclusion = {}
         for prefix, count in under.items():
             if count == self.strings_under[prefix]:
                 blocked.setdefault(prefix[:-1], set()).add(prefix[-1])
         return blocked
 
-    def allowed_tokens(self, prefix: Sequence[int], excluded: Mapping[tuple[int, ...], set[int]] | None = None) -> list[int]:
+    def allowed_tokens(self, prefix: Sequence[int], excluded: Exclusion | None = None) -> list[int]:
         """Tokens that may follow `prefix`; EOS once the prefix has left the trie or finished a string.
 
         `excluded` (from `excluded`) takes away the tokens that lead only to excluded strings. Beam
@@ -96,7 +99,7 @@ class CatalogueTrie:
         return self.strings.get(tuple(ids))
 
     def prefix_allowed_tokens_fn(
-        self, prompt_length: int, excluded: Sequence[Mapping[tuple[int, ...], set[int]]] | None = None
+        self, prompt_length: int, excluded: Sequence[Exclusion] | None = None
     ) -> Callable[[int, torch.Tensor], list[int]]:
         """A `generate(prefix_allowed_tokens_fn=...)` callback that reads only the generated tokens.
 
