@@ -1,12 +1,14 @@
-"""What a fresh page of memory costs on this machine, against one the process has just freed.
+"""What a first touch of memory costs on this machine, against memory the process has just freed.
 
-The prepare benchmark's times follow its peak memory more than its work: on a VM that hands freed
-memory back to its host (free-page reporting), the first touch of memory the guest has given back
-costs host work, while memory the process freed a moment ago is reused cheaply. This script
-allocates and fills the same amount of memory several times in one process and prints each
-round's time and its ratio to the last (recycled) round.
+The prepare stage's times follow the memory it touches as well as its work, and how much a first
+touch costs depends on the page size. numpy asks the kernel for transparent huge pages (`madvise`)
+for every array over 4 MiB; on these VMs a fresh 2 MiB page is rarely at hand (the guest hands
+free memory back to its host) and assembling one costs several times what 4 KiB pages do. This
+script allocates and fills the same amount of memory several times in one process and prints each
+round's time and its ratio to the last (recycled) round:
 
     python benchmarks/fresh_memory.py [--mib 1024] [--rounds 4]
+    NUMPY_MADVISE_HUGEPAGE=0 python benchmarks/fresh_memory.py     # the same with 4 KiB pages
 
 Run it in a fresh process, after a few seconds of quiet: the first round is the fresh one.
 """
