@@ -137,6 +137,12 @@ def test_user_short_once_duplicates_go_is_dropped(build_timelines):
     assert timelines.meta["dropped_users"] == 1 and timelines.meta["events"] == 3
 
 
+def test_no_events_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no events to build timelines from"):
+        prepare(make_source([]), tmp_path / "out", Protocol(3), InputIssues(), "test")
+    assert not (tmp_path / "out").exists()
+
+
 def test_protocol_rejects_too_few_events():
     with pytest.raises(ValueError, match="min_events"):
         Protocol(min_events=2)
