@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from itertools import count, product
+from itertools import product
 
 import numpy as np
 import polars as pl
 import pytest
 
 from userllm.data.issues import InputIssues
-from userllm.data import timelines as timelines_module
-from userllm.data.timelines import (
-    UNKNOWN, Protocol, Timelines, _grouped_time_order, fingerprint, is_current, prepare,
-)
+from userllm.data.timelines import UNKNOWN, Protocol, Timelines, fingerprint, is_current, prepare
 from tests.conftest import make_source
 
 
@@ -53,42 +50,36 @@ def random_rows(seed: int) -> list[tuple]:
 
 
 def expected_timelines(rows: list[tuple], min_events: int) -> dict[str, list[tuple]]:
-    """The protocol written plainly: duplicates go (the first stays), short users go, users in the
-    text order of their ids, each one's events by time with ties in file order."""
+    """The protocol written plainly: duplicates go (the first in the file stays), short users go,
+    users in the text order of their ids, each one's events by time with ties in file order."""
     unique = list(dict.fromkeys(rows))
     per_user = {str(u): [r for r in unique if r[0] == u] for u in dict.fromkeys(r[0] for r in rows)}
     return {user: [(str(item), time) for _, item, time, _ in sorted(events, key=lambda r: r[2])]
             for user, events in sorted(per_user.items()) if len(events) >= min_events}
 
 
-def round_robin(rows: list[tuple]) -> list[tuple]:
-    """The same events with the users interleaved (each user's first events, then the second ...),
-    each user's own events still in their order."""
-    seen: dict = {}
-    ranked = [(next(seen.setdefault(row[0], count())), row) for row in rows]
-    return [row for _, row in sorted(ranked, key=lambda pair: pair[0])]
+def arranged(rows: list[tuple], order: str, seed: int) -> list[tuple]:
+    """The events of `random_rows` as a file may hold them: grouped by user, in time order, or shuffled."""
+    if order == "by time":
+        return sorted(rows, key=lambda row: row[2])  # stable: each user's ties keep their order
+    if order == "shuffled":
+        return [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
+    return rows
 
 
+@pytest.mark.parametrize("order", ["grouped by user", "by time", "shuffled"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_grouped_and_interleaved_files_give_the_protocols_timelines(tmp_path, monkeypatch, seed):
-    """A file holding each user's events together is ordered without a sort across users; one whose
-    users interleave takes the full sort. Both must give what the protocol says, and the same artifacts."""
-    grouped = random_rows(seed)
-    interleaved = round_robin(grouped)
-    assert interleaved != grouped and [r for r in interleaved if r[0] == 5] == [r for r in grouped if r[0] == 5]
-    grouped_orders = []
-    monkeypatch.setattr(timelines_module, "_grouped_time_order",
-                        lambda *args: grouped_orders.append(1) or _grouped_time_order(*args))
-    for name, rows in (("grouped", grouped), ("interleaved", interleaved)):
-        prepare(make_source(rows), tmp_path / name, Protocol(4), InputIssues(), "test")
-    assert len(grouped_orders) == 1  # the grouped file only
-    timelines = Timelines.load(tmp_path / "grouped")
+def test_timelines_follow_the_protocol_whatever_the_file_order(tmp_path, seed, order):
+    """Each user's events in one run of rows (as MovieLens ships them) are grouped by run, any
+    other order by user: both must give what the protocol says."""
+    rows = arranged(random_rows(seed), order, seed)
+    runs = 1 + sum(a[0] != b[0] for a, b in zip(rows, rows[1:]))
+    assert (runs == 39) == (order == "grouped by user")
+    prepare(make_source(rows), tmp_path / "out", Protocol(4), InputIssues(), "test")
+    timelines = Timelines.load(tmp_path / "out")
     stored = {user_id: list(zip(user_items(timelines, user_id), timelines.timestamps[start:end] - 1_000_000_000))
               for user_id, start, end in zip(timelines.users["user_id"], timelines.offsets, timelines.offsets[1:])}
-    assert list(stored.items()) == list(expected_timelines(grouped, 4).items())
-    for table in ("events", "users", "items"):
-        assert pl.read_parquet(tmp_path / f"grouped/{table}.parquet").equals(
-            pl.read_parquet(tmp_path / f"interleaved/{table}.parquet"))
+    assert list(stored.items()) == list(expected_timelines(rows, 4).items())
 
 
 @pytest.mark.parametrize("ids", [[9, 10, 100], [9, 10, 4_000_000_000]])  # a table of ranks; too sparse for one
