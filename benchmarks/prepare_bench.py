@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 # numpy, polars, pandas and userllm are imported inside the functions that use them: this file is
@@ -78,13 +78,14 @@ class Shape:
     users: int
     items: int
     seed: int
+    order: str = "user"  # ratings.csv's row order: "user" (then movie, as GroupLens ships it) or "time"
 
     def cache_dir(self, root: Path) -> Path:
         """The default shape lives in `ml20m_synth/`; any other gets a folder named after it."""
         default = Shape(20_000_000, default_users(20_000_000), ML20M_MOVIES, 0)
-        name = DEFAULT_CACHE_NAME if self == default else (
+        name = DEFAULT_CACHE_NAME if replace(self, order="user") == default else (
             f"{DEFAULT_CACHE_NAME}_{self.rows}r_{self.users}u_{self.items}i_s{self.seed}")
-        return root / name
+        return root / (name if self.order == "user" else f"{name}_by_{self.order}")
 
 
 def default_users(rows: int) -> int:
@@ -118,7 +119,8 @@ def ensure_dataset(shape: Shape, folder: Path) -> Path:
 
 
 def write_dataset(shape: Shape, folder: Path) -> None:
-    """ratings.csv sorted by userId then movieId, as GroupLens ships it, and movies.csv."""
+    """ratings.csv sorted by userId then movieId, as GroupLens ships it (or, for `order="time"`, the
+    same rows sorted by timestamp, as an event log holds them), and movies.csv."""
     import numpy as np
     import polars as pl
 
@@ -134,6 +136,8 @@ def write_dataset(shape: Shape, folder: Path) -> None:
         "rating": np.array(list(RATING_SHARES))[rng.choice(len(shares), len(user), p=shares / shares.sum())],
         "timestamp": timestamps(rng, user),
     }).sort("userId", "movieId")
+    if shape.order == "time":
+        ratings = ratings.sort("timestamp", maintain_order=True)
     ratings.write_csv(folder / "ratings.csv")
     movies_table(rng, movie_ids).write_csv(folder / "movies.csv")
 
@@ -510,7 +514,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
     import pandas
     import polars
 
-    shape = Shape(args.rows, args.users or default_users(args.rows), args.items, args.seed)
+    shape = Shape(args.rows, args.users or default_users(args.rows), args.items, args.seed, args.order)
     results = args.results_dir
     results.mkdir(parents=True, exist_ok=True)
     raw_dir = ensure_dataset(shape, args.cache_dir or shape.cache_dir(results))
@@ -536,6 +540,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, help="users (default: ML-20M's ratings per user, 138k at 20M)")
     parser.add_argument("--items", type=int, default=ML20M_MOVIES, help="movies in movies.csv")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--order", choices=["user", "time"], default="user",
+                        help="ratings.csv's row order: by user as GroupLens ships it, or by time as an event log")
     parser.add_argument("--min-events", type=int, default=52, help="the paper's protocol: history 50 + 2")
     parser.add_argument("--repeat", type=int, default=1, help="runs per implementation; the median is reported")
     parser.add_argument("--skip-pandas", action="store_true", help="measure the project only")

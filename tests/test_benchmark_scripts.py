@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,6 +31,17 @@ def test_prepare_bench_runs_both_implementations_on_the_same_data(tmp_path):
     table = (tmp_path / "prepare_bench.md").read_text()
     assert "| pandas / project (polars) |" in table
     assert not list(tmp_path.glob(".prepare-*"))  # each run's output folder is removed
+
+
+def test_prepare_bench_writes_the_same_ratings_in_time_order(tmp_path):
+    for order in ("user", "time"):
+        run_script("prepare_bench.py", "--rows", "20000", "--min-events", "5", "--skip-pandas", "--order", order,
+                   "--results-dir", str(tmp_path))
+    by_user, by_time = (pl.read_csv(next(tmp_path.glob(f"ml20m_synth_20000r_*{suffix}/ratings.csv")))
+                        for suffix in ("s0", "s0_by_time"))
+    assert not by_user["timestamp"].is_sorted() and by_time["timestamp"].is_sorted()
+    assert by_time.equals(by_user.sort("timestamp", maintain_order=True))  # the same rows, each user's ties in order
+    assert json.loads((tmp_path / "prepare_bench.json").read_text())["context"]["shape"]["order"] == "time"
 
 
 def test_fresh_memory_prints_every_round_against_the_last():
